@@ -1,0 +1,191 @@
+"""Typed configuration: the schema Hydra composes against, and the checks that
+run before any model is loaded.
+
+Hydra validates key names and scalar types against these dataclasses at
+compose time (a misspelt field fails there). ``validate`` then checks values
+that need more than a type (choices, ranges, list-or-number fields) and
+raises ``ConfigError`` naming the field, the value seen and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+SITES = ("residual", "mlp", "self_attn", "post_attention_layernorm")
+POSITIONS = ("last", "mid", "mean")
+METHODS = ("pasf", "ipas_all", "ipas_wrong_only", "mean_diff", "pca", "probe", "random")
+PROMPT_FORMATS = ("chat", "plain")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZATIONS = ("none", "4bit", "8bit")
+MODEL_SOURCES = ("embedded", "hub", "local", "random")
+EXPERIMENTS = ("steer",)
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the field, the value and what is allowed."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2_135m"
+    source: str = "embedded"  # embedded | hub | local | random
+    id: str | None = None  # embedded key, hub id or local path
+    revision: str | None = None
+    architecture: str | None = None  # for source=random: llama | gemma3 | gpt2 | gpt_neox | ...
+    random_config: dict[str, Any] = field(default_factory=dict)  # HF config fields for source=random
+    dtype: str = "float32"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    device_map: str | None = None
+    quantization: str = "none"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = "eas_facts"
+    loader: str = "builtin"
+    path: str | None = None  # a local file or folder; wins over hub_id
+    hub_id: str | None = None
+    hub_config: str | None = None
+    hub_split: str | None = None
+    kind: str = "mc"  # mc | ab
+    options: dict[str, Any] = field(default_factory=dict)  # loader-specific
+
+
+@dataclass
+class MethodConfig:
+    name: str = "pasf"
+    position: str = "last"  # last | mid | mean: where train activations are read
+    normalize: bool = False  # scale each vector to unit norm (strength is then in residual units)
+    min_per_class: int = 2  # fewer positives or negatives than this is an error
+
+
+@dataclass
+class SteerTargetConfig:
+    site: str = "residual"
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "steer"
+    select_metric: str = "accuracy"  # the val metric that picks the best cell
+
+
+@dataclass
+class PromptConfig:
+    format: str = "chat"  # chat (the model's template, if it has one) | plain
+    system: str | None = None
+    instruction: str = "Answer with the letter of the correct option."
+
+
+@dataclass
+class StoreConfig:
+    # Shared by every job of every sweep: cells, vectors and activations are
+    # content-addressed here, so re-running recomputes nothing that is done.
+    root: str = "${oc.env:EAS_STORE,outputs/store}"
+
+
+@dataclass
+class EasConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    steer_target: SteerTargetConfig = field(default_factory=SteerTargetConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    # A number or a list: `layer=8` (one cell per job, sweep with -m) or `layer=[8,11,13]`.
+    layer: Any = field(default_factory=lambda: [8, 14, 20])
+    strength: Any = field(default_factory=lambda: [1.0, 4.0])
+    seed: int = 0
+    n_train_proportion: float = 0.4
+    n_val_proportion: float = 0.3
+    n_test_proportion: float = 0.3
+    max_sample_size: int | None = None
+    batch_size: int = 0  # 0 = adapt to free memory
+    progress: bool = True
+
+
+def register() -> None:
+    """Put the schema in Hydra's ConfigStore (called before composing)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="eas_schema", node=EasConfig)
+
+
+def _choice(field_name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{field_name}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+def as_number_list(field_name: str, value: Any, kind: type) -> list:
+    """`8`, `[8, 11]` or `"8"` -> a list of numbers of ``kind``; anything else is a ConfigError."""
+    if isinstance(value, (ListConfig, list, tuple)):
+        values = list(value)
+    else:
+        values = [value]
+    if not values:
+        raise ConfigError(f"{field_name} is empty; give a number or a list like {field_name}=[1,2]")
+    out = []
+    for v in values:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if kind is int and ok and float(v) != int(v):
+            ok = False
+        if not ok:
+            try:
+                v = kind(str(v)) if kind is float else int(str(v))
+                ok = True
+            except ValueError:
+                ok = False
+        if not ok:
+            kind_name = "an integer" if kind is int else "a number"
+            raise ConfigError(
+                f"{field_name}={value!r}: {v!r} is not {kind_name}; "
+                f"use {field_name}=N or {field_name}=[N,M,...]"
+            )
+        out.append(kind(v))
+    return out
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every value that the schema's types cannot; raise ConfigError on the first problem."""
+    _choice("model.source", cfg.model.source, MODEL_SOURCES)
+    _choice("model.dtype", cfg.model.dtype, DTYPES)
+    _choice("model.quantization", cfg.model.quantization, QUANTIZATIONS)
+    if cfg.model.source in ("hub", "local", "embedded") and not cfg.model.id:
+        raise ConfigError(f"model.id is empty for model.source={cfg.model.source}; set model.id=...")
+    if cfg.model.source == "random" and not cfg.model.architecture:
+        raise ConfigError("model.architecture is required for model.source=random")
+    _choice("method.name", cfg.method.name, METHODS)
+    _choice("method.position", cfg.method.position, POSITIONS)
+    _choice("steer_target.site", cfg.steer_target.site, SITES)
+    _choice("prompt.format", cfg.prompt.format, PROMPT_FORMATS)
+    _choice("experiment.name", cfg.experiment.name, EXPERIMENTS)
+    layers = as_number_list("layer", cfg.layer, int)
+    if any(v < 0 for v in layers):
+        raise ConfigError(f"layer={cfg.layer!r}: layers are 0-based block indices, >= 0")
+    as_number_list("strength", cfg.strength, float)
+    props = {
+        "n_train_proportion": cfg.n_train_proportion,
+        "n_val_proportion": cfg.n_val_proportion,
+        "n_test_proportion": cfg.n_test_proportion,
+    }
+    for k, v in props.items():
+        if not 0 < v < 1:
+            raise ConfigError(f"{k}={v}: must be in (0, 1)")
+    if sum(props.values()) > 1 + 1e-9:
+        raise ConfigError(f"split proportions sum to {sum(props.values()):.3f} > 1: {props}")
+    if cfg.max_sample_size is not None and cfg.max_sample_size < 3:
+        raise ConfigError(f"max_sample_size={cfg.max_sample_size}: need at least 3 items")
+    if cfg.batch_size < 0:
+        raise ConfigError(f"batch_size={cfg.batch_size}: must be >= 0 (0 adapts to free memory)")
+    if cfg.method.name == "mean_diff" and cfg.benchmark.kind != "ab":
+        # mean_diff works on any item with a wrong option, but CAA is defined on A/B sets.
+        pass
+
+
+def to_container(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
