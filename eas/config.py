@@ -41,6 +41,7 @@ class ModelConfig:
     device_map: str | None = None
     quantization: str = "none"
     trust_remote_code: bool = False
+    layers: Any = field(default_factory=lambda: [8, 14, 20])  # the model's default layer grid
 
 
 @dataclass
@@ -98,14 +99,16 @@ class EasConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     # A number or a list: `layer=8` (one cell per job, sweep with -m) or `layer=[8,11,13]`.
-    layer: Any = field(default_factory=lambda: [8, 14, 20])
-    strength: Any = field(default_factory=lambda: [1.0, 4.0])
+    layer: Any = "${model.layers}"
+    strength: Any = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
     seed: int = 0
     n_train_proportion: float = 0.4
     n_val_proportion: float = 0.3
     n_test_proportion: float = 0.3
     max_sample_size: int | None = None
     batch_size: int = 0  # 0 = adapt to free memory
+    cells_per_pass: int = 64  # steered cells stacked as query tokens in one forward pass
+    cells_per_chunk: int = 256  # cells scored between two writes to the store
     progress: bool = True
 
 

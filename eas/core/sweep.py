@@ -165,3 +165,27 @@ def naive_sweep_mc(
         if progress:
             progress(1)
     return mask_options(out, n_options)
+
+
+def auto_batch_size(model, max_tokens: int = 512, cells_per_pass: int = 64) -> int:
+    """A batch size that fits: 16 on CPU; on CUDA, from free memory and the prefix cache size.
+
+    Per item the engine holds a key/value cache of ``max_tokens`` positions and the prefill
+    activations; the estimate keeps both under half of the free memory.
+    """
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return 16
+    cfg = model.config
+    free, _ = torch.cuda.mem_get_info(device)
+    elem = next(model.parameters()).element_size()
+    d = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd")
+    n_layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head")
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or d // heads
+    inter = getattr(cfg, "intermediate_size", None) or 4 * d
+    kv = 2 * n_layers * kv_heads * head_dim * (max_tokens + cells_per_pass) * elem
+    act = max_tokens * (4 * d + 3 * inter) * elem + cells_per_pass * d * 4 * n_layers
+    per_item = kv + act
+    return int(max(1, min(256, (free * 0.5) // per_item)))

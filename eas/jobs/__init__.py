@@ -1,0 +1,1 @@
+"""One module per experiment kind; the only place that touches the store."""

@@ -1,0 +1,327 @@
+"""experiment=steer: the PAS protocol as one job.
+
+1. load model and benchmark; split train/val/test by proportions and seed;
+2. score the unsteered model on every split;
+3. build one vector per (method, layer) from train activations at the site;
+4. score every (layer, strength) cell on val with the fast engine;
+5. pick the best cell by val accuracy, score it on test, report the change and flips.
+
+Every scored cell, vector and activation set is a content-addressed record in
+the store, written as soon as it is done: a job that dies keeps them, and a
+re-run (or another job of the same sweep) recomputes nothing that is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from eas import contrasts, models, store
+from eas.config import as_number_list
+from eas.core import capture as capture_mod
+from eas.core import score as score_mod
+from eas.core import sweep as sweep_mod
+from eas.core import tokens
+from eas.core import vectors as vectors_mod
+from eas.data import load_benchmark, split_items
+from eas.data.schema import MCItem
+from eas.prompts import Prompter
+
+log = logging.getLogger("eas")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Scored:
+    """Predictions of one cell on one split."""
+
+    item_ids: list[str]
+    labels: list[int]
+    preds: list[int]
+
+    @property
+    def correct(self) -> np.ndarray:
+        return np.asarray(self.preds) == np.asarray(self.labels)
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean()) if self.preds else float("nan")
+
+    def as_dict(self) -> dict:
+        return {"item_ids": self.item_ids, "labels": self.labels, "preds": self.preds}
+
+
+def cell_name(layer: int, strength: float) -> str:
+    return f"L{layer}_s{float(strength):g}"
+
+
+class SteerJob:
+    """Holds what one job loads once; the protocol's steps are its methods, run in order by ``run``."""
+
+    def __init__(self, cfg: DictConfig, out_dir: Path):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.store = store.Store(cfg.store.root)
+        self.layers = as_number_list("layer", cfg.layer, int)
+        self.strengths = as_number_list("strength", cfg.strength, float)
+        self.method = cfg.method.name
+        self.site = cfg.steer_target.site
+        self.position = cfg.method.position
+        self.progress = bool(cfg.progress)
+
+    # -- step 1 -----------------------------------------------------------
+    def load(self) -> None:
+        cfg = self.cfg
+        self.bench = load_benchmark(cfg.benchmark, seed=cfg.seed)
+        self.splits: dict[str, list[MCItem]] = split_items(
+            list(self.bench.items), cfg.n_train_proportion, cfg.n_val_proportion, cfg.n_test_proportion,
+            seed=cfg.seed, max_sample_size=cfg.max_sample_size,
+        )
+        log.info("benchmark %s: %d items -> %s", self.bench.name, len(self.bench),
+                 {k: len(v) for k, v in self.splits.items()})
+        self.lm = models.load(cfg.model, seed=cfg.seed)
+        for layer in self.layers:
+            self.lm.sites.check_layer(layer)
+        self.lm.sites.module(self.layers[0], self.site)  # unknown site for this family: fail now
+        log.info("model %s (%s, %d blocks) loaded in %.1fs on %s", self.lm.name, self.lm.sites.family,
+                 self.lm.sites.n_layers, self.lm.load_seconds, self.lm.device)
+        p = cfg.prompt
+        self.prompter = Prompter(self.lm.tokenizer, p.format, p.system, p.instruction)
+        n_letters = max(len(it.options) for it in self.bench.items)
+        self.letter_ids = score_mod.letter_token_ids(self.lm.tokenizer, n_letters)
+        self.head = score_mod.LetterHead(self.lm.model, self.letter_ids)
+        self.pad = tokens.pad_id(self.lm.tokenizer)
+        self.batch_size = cfg.batch_size or sweep_mod.auto_batch_size(self.lm.model)
+        # what decides every result of this job, besides the cell itself
+        self.base_key = [
+            self.lm.fingerprint, self.bench.fingerprint(),
+            [cfg.n_train_proportion, cfg.n_val_proportion, cfg.n_test_proportion, cfg.max_sample_size, cfg.seed],
+            OmegaConf.to_container(cfg.prompt, resolve=True),
+        ]
+
+    def _rows(self, texts: list[str]) -> list[list[int]]:
+        return tokens.encode(self.lm.tokenizer, texts, self.prompter.add_special_tokens)
+
+    def _bar(self, total: int, desc: str):
+        return tqdm(total=total, desc=desc, disable=not self.progress, leave=False)
+
+    # -- step 2 -----------------------------------------------------------
+    def unsteered(self) -> dict[str, Scored]:
+        out = {}
+        for split, items in self.splits.items():
+            k = store.key("unsteered", self.base_key, split)
+            rec = self.store.get_json("cells", k)
+            if rec is None:
+                rows = self._rows([self.prompter.mc(it) for it in items])
+                with self._bar(len(rows), f"unsteered {split}") as bar:
+                    scores = score_mod.score_mc(self.lm.model, rows, [len(it.options) for it in items],
+                                                self.head, self.batch_size, self.pad, bar.update)
+                rec = Scored([it.id for it in items], [it.label for it in items],
+                             scores.argmax(-1).tolist()).as_dict()
+                self.store.put_json("cells", k, rec)
+            out[split] = Scored(**rec)
+            log.info("unsteered %s accuracy %.3f (n=%d)", split, out[split].accuracy, len(items))
+        return out
+
+    # -- step 3 -----------------------------------------------------------
+    def vectors(self, train: Scored) -> dict[int, torch.Tensor]:
+        cfg = self.cfg
+        vkeys = {L: store.key("vector", self.base_key, self.method, self.position, self.site, L,
+                              cfg.method.normalize, cfg.method.min_per_class) for L in self.layers}
+        cached = {L: self.store.get_tensors("vectors", k) for L, k in vkeys.items()}
+        if all(v is not None for v in cached.values()):
+            return {L: v["vector"] for L, v in cached.items()}
+        contrast = contrasts.build(self.method, self.splits["train"], train.preds, self.prompter,
+                                   seed=cfg.seed, min_per_class=cfg.method.min_per_class)
+        log.info("%s contrast: %d positives, %d negatives", self.method,
+                 len(contrast.positives), len(contrast.negatives))
+        pos = self.activations(contrast.positives)
+        neg = self.activations(contrast.negatives)
+        out = {}
+        for L in self.layers:
+            v = vectors_mod.build_vector(self.method, pos[L], neg[L], seed=cfg.seed)
+            if cfg.method.normalize:
+                v = vectors_mod.normalize(v)
+            self.store.put_tensors("vectors", vkeys[L], {"vector": v})
+            out[L] = v
+        return out
+
+    def activations(self, texts: list[str]) -> dict[int, torch.Tensor]:
+        """``{layer: [text, d_model]}`` at the site and position; every layer of the model is
+        captured on a miss, so other jobs of the sweep (other layers) find them cached."""
+        k = store.key("acts", self.lm.fingerprint, texts, self.prompter.add_special_tokens, self.site,
+                      self.position)
+        acts = self.store.get_tensors("activations", k)
+        if acts is None:
+            all_layers = list(range(self.lm.sites.n_layers))
+            rows = self._rows(texts)
+            with self._bar(len(rows), "capture") as bar:
+                got = capture_mod.capture(self.lm.model, self.lm.sites, rows, all_layers, self.site,
+                                          (self.position,), self.batch_size, self.pad, bar.update)
+            acts = {"acts": got[self.position]}
+            self.store.put_tensors("activations", k, acts)
+        return {L: acts["acts"][L] for L in self.layers}
+
+    # -- step 4 and 5 -----------------------------------------------------
+    def cell_key(self, layer: int, strength: float, split: str) -> str:
+        c = self.cfg.method
+        return store.key("cell", self.base_key, self.method, self.position, self.site, c.normalize,
+                         c.min_per_class, layer, float(strength), split)
+
+    def score_cells(self, cells: list[tuple[int, float]], split: str, vecs: dict[int, torch.Tensor],
+                    failed: dict[str, str]) -> dict[tuple[int, float], Scored]:
+        """Score cells on a split; finished cells come from the store, new ones are written to it
+        chunk by chunk. A chunk that raises marks its cells failed and the rest go on."""
+        items = self.splits[split]
+        out: dict[tuple[int, float], Scored] = {}
+        todo = []
+        for layer, s in cells:
+            rec = self.store.get_json("cells", self.cell_key(layer, s, split))
+            if rec is not None:
+                out[(layer, s)] = Scored(**rec)
+            else:
+                todo.append((layer, s))
+        if not todo:
+            return out
+        rows = self._rows([self.prompter.mc(it) for it in items])
+        n_opts = [len(it.options) for it in items]
+        chunk = max(1, int(self.cfg.get("cells_per_chunk", 256)))
+        with self._bar(len(todo) * len(items), f"sweep {split} ({len(todo)} cells)") as bar:
+            for start in range(0, len(todo), chunk):
+                part = todo[start:start + chunk]
+                try:
+                    scores = self._sweep(rows, n_opts, [sweep_mod.Cell(L, s, vecs[L]) for L, s in part],
+                                         lambda n, k=len(part): bar.update(n * k))
+                except Exception as e:  # noqa: BLE001 - record and go on; the report lists failures
+                    if isinstance(e, KeyboardInterrupt):
+                        raise
+                    tb = traceback.format_exc()
+                    for L, s in part:
+                        failed[f"{self.method}/{cell_name(L, s)}"] = tb
+                    log.error("cells %s failed: %s", [cell_name(L, s) for L, s in part], e)
+                    continue
+                for j, (L, s) in enumerate(part):
+                    sc = Scored([it.id for it in items], [it.label for it in items],
+                                scores[j].argmax(-1).tolist())
+                    self.store.put_json("cells", self.cell_key(L, s, split), sc.as_dict())
+                    out[(L, s)] = sc
+        return out
+
+    def _sweep(self, rows, n_opts, cells, progress) -> torch.Tensor:
+        bs = self.batch_size
+        while True:
+            try:
+                return sweep_mod.sweep_mc(self.lm.model, self.lm.sites, rows, n_opts, self.head, self.site,
+                                          cells, batch_size=bs, cells_per_pass=int(self.cfg.get("cells_per_pass", 64)),
+                                          pad=self.pad, progress=progress)
+            except torch.cuda.OutOfMemoryError:
+                if bs == 1:
+                    raise
+                bs = max(1, bs // 2)
+                torch.cuda.empty_cache()
+                log.warning("CUDA out of memory: retrying with batch_size=%d", bs)
+
+    @staticmethod
+    def select(val: dict[tuple[int, float], Scored]) -> tuple[int, float] | None:
+        """Best val accuracy; ties go to the smaller |strength|, then the lower layer."""
+        if not val:
+            return None
+        return max(val, key=lambda c: (val[c].accuracy, -abs(c[1]), -c[0]))
+
+    # -- the job ----------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        self.load()
+        base = self.unsteered()
+        vecs = self.vectors(base["train"])
+        failed: dict[str, str] = {}
+        grid = [(L, s) for L in self.layers for s in self.strengths]
+        val = self.score_cells(grid, "val", vecs, failed)
+        best = self.select(val)
+        test = self.score_cells([best], "test", vecs, failed) if best else {}
+        summary = self.write(base, vecs, val, best, test.get(best) if best else None, failed,
+                             time.perf_counter() - t0)
+        return summary
+
+    def write(self, base, vecs, val, best, best_test, failed, seconds) -> dict[str, Any]:
+        cfg = self.cfg
+        meta = {"experiment": "steer", "model": self.lm.name, "benchmark": self.bench.name,
+                "steer_target": self.site, "position": self.position, "seed": int(cfg.seed)}
+        rows = []
+        for split, sc in base.items():
+            rows.append({**meta, "method": "unsteered", "layer": -1, "strength": 0.0, "split": split,
+                         "accuracy": sc.accuracy, "n": len(sc.preds), "n_correct": int(sc.correct.sum()),
+                         "vector_norm": float("nan"), "cell": "unsteered", "selected": False})
+        scored = [("val", c, sc) for c, sc in val.items()]
+        if best_test is not None:
+            scored.append(("test", best, best_test))
+        for split, (L, s), sc in scored:
+            rows.append({**meta, "method": self.method, "layer": L, "strength": s, "split": split,
+                         "accuracy": sc.accuracy, "n": len(sc.preds), "n_correct": int(sc.correct.sum()),
+                         "vector_norm": float(vecs[L].norm()), "cell": f"{self.method}/{cell_name(L, s)}",
+                         "selected": (L, s) == best})
+        df = pd.DataFrame(rows)
+        store.write_parquet(self.out / "results.parquet", df)
+
+        pred_dir = self.out / "predictions" / self.method
+        self._write_predictions(self.out / "predictions" / "unsteered.csv", base)
+        for (L, s), sc in val.items():
+            both = {"val": sc}
+            if best_test is not None and (L, s) == best:
+                both["test"] = best_test
+            self._write_predictions(pred_dir / f"{cell_name(L, s)}.csv", both)
+        for L, v in vecs.items():
+            store.write_tensors(self.out / "vectors" / f"{self.method}_{self.site}_L{L}.safetensors",
+                                {"vector": v}, {"method": self.method, "site": self.site, "layer": str(L),
+                                                "position": self.position, "model": self.lm.name})
+
+        test_block = None
+        if best_test is not None:
+            u = base["test"].correct
+            a = best_test.correct
+            test_block = {"accuracy": best_test.accuracy, "unsteered_accuracy": base["test"].accuracy,
+                          "delta": best_test.accuracy - base["test"].accuracy, "n": int(len(a)),
+                          "wrong_to_right": int((~u & a).sum()), "right_to_wrong": int((u & ~a).sum())}
+        summary = {
+            **meta, "method": self.method,
+            "unsteered": {k: v.accuracy for k, v in base.items()},
+            "best": None if best is None else {"cell": f"{self.method}/{cell_name(*best)}", "layer": best[0],
+                                               "strength": best[1], "val_accuracy": val[best].accuracy},
+            "test": test_block,
+            "failed_cells": [{"cell": c, "error": tb} for c, tb in failed.items()],
+            "seconds": seconds,
+        }
+        store.write_json(self.out / "summary.json", summary)
+        store.write_json(self.out / "manifest.json", {
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "git_commit": store.git_commit(), "versions": store.versions(),
+            "model_fingerprint": self.lm.fingerprint, "data_fingerprint": self.bench.fingerprint(),
+            "data_source": self.bench.source, "device": str(self.lm.device), "seconds": seconds,
+        })
+        try:
+            from eas.report.figures import write_run_figures
+
+            write_run_figures(self.out)
+        except Exception as e:  # noqa: BLE001 - figures never cost the results
+            log.warning("figures not written: %s", e)
+        return summary
+
+    @staticmethod
+    def _write_predictions(path: Path, by_split: dict[str, Scored]) -> None:
+        frames = [pd.DataFrame({"item_id": sc.item_ids, "split": split, "label": sc.labels, "pred": sc.preds,
+                                "correct": sc.correct}) for split, sc in by_split.items()]
+        store.write_csv(path, pd.concat(frames, ignore_index=True))
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    return SteerJob(cfg, out_dir).run()

@@ -1,0 +1,63 @@
+"""Prompt texts for multiple-choice scoring and for the contrasts vectors are built from.
+
+Every scoring prompt ends with ``Answer:`` so the next token is the answer
+letter; ``eas.core.score`` reads both spellings ("A", " A").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eas.data.schema import MCItem
+
+
+@dataclass(frozen=True)
+class Prompter:
+    """Formats items as plain text or through the tokenizer's chat template.
+
+    Attributes:
+        tokenizer: the model's tokenizer (its chat template is used when ``format="chat"``).
+        format: ``chat`` or ``plain``; ``chat`` falls back to ``plain`` if there is no template.
+        system: optional system message (chat only).
+        instruction: the line that asks for a letter.
+    """
+
+    tokenizer: object
+    format: str = "chat"
+    system: str | None = None
+    instruction: str = "Answer with the letter of the correct option."
+
+    @property
+    def uses_chat(self) -> bool:
+        return self.format == "chat" and bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def add_special_tokens(self) -> bool:
+        # a chat template writes its own special tokens; plain text gets the tokenizer's BOS
+        return not self.uses_chat
+
+    def _wrap(self, user: str, answer_prefix: str) -> str:
+        if not self.uses_chat:
+            return f"{user}\n{answer_prefix}"
+        messages = [{"role": "user", "content": user}]
+        if self.system:
+            messages.insert(0, {"role": "system", "content": self.system})
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text + answer_prefix
+
+    @staticmethod
+    def _stem(item: MCItem) -> str:
+        return f"{item.context}\n{item.question}" if item.context else item.question
+
+    def mc(self, item: MCItem) -> str:
+        """The scoring prompt: question, lettered options, instruction, ending in ``Answer:``."""
+        options = "\n".join(f"{letter}. {text}" for letter, text in zip(item.letters, item.options))
+        return self._wrap(f"{self._stem(item)}\n\n{options}\n\n{self.instruction}", "Answer:")
+
+    def mc_with_letter(self, item: MCItem, option: int) -> str:
+        """The scoring prompt followed by one answer letter (CAA's A/B contrast)."""
+        return f"{self.mc(item)} {item.letters[option]}"
+
+    def with_option_text(self, item: MCItem, option: int) -> str:
+        """The question (no option list) followed by one option's text (the iPAS contrast)."""
+        return f"{self._wrap(self._stem(item), 'Answer:')} {item.options[option]}"
