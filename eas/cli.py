@@ -42,11 +42,10 @@ def run_job(cfg: DictConfig, out_dir: Path) -> dict:
     bench = load_benchmark(cfg.benchmark, seed=cfg.seed)
     split_items(list(bench.items), cfg.n_train_proportion, cfg.n_val_proportion, cfg.n_test_proportion,
                 seed=cfg.seed, max_sample_size=cfg.max_sample_size)
-    if cfg.experiment.name == "steer":
-        from eas.jobs import steer
+    import importlib
 
-        return steer.run(cfg, out_dir)
-    raise config_mod.ConfigError(f"experiment={cfg.experiment.name!r} has no job")
+    job = importlib.import_module(f"eas.jobs.{cfg.experiment.name}")
+    return job.run(cfg, out_dir)
 
 
 def _task(cfg: DictConfig) -> dict | None:
@@ -58,7 +57,8 @@ def _task(cfg: DictConfig) -> dict | None:
         if HydraConfig.get().mode.name == "MULTIRUN":
             raise UserError(str(e)) from None
         sys.exit(2)
-    _print_summary(summary, out_dir)
+    if cfg.experiment.name == "steer":
+        _print_summary(summary, out_dir)
     return summary
 
 

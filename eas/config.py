@@ -16,12 +16,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 SITES = ("residual", "mlp", "self_attn", "post_attention_layernorm")
 POSITIONS = ("last", "mid", "mean")
-METHODS = ("pasf", "ipas_all", "ipas_wrong_only", "mean_diff", "pca", "probe", "random")
+METHODS = ("pasf", "ipas_all", "ipas_wrong_only", "mean_diff", "pca", "probe", "random", "cmaes")
+CMAES_FITNESSES = ("val_accuracy", "behaviour_logprob", "judge", "api_judge")
 PROMPT_FORMATS = ("chat", "plain")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 MODEL_SOURCES = ("embedded", "hub", "local", "random")
-EXPERIMENTS = ("steer",)
+EXPERIMENTS = ("steer", "probe", "cmaes")  # each has a module eas/jobs/<name>.py with run(cfg, out_dir)
 
 
 class ConfigError(ValueError):
@@ -62,6 +63,10 @@ class MethodConfig:
     position: str = "last"  # last | mid | mean: where train activations are read
     normalize: bool = False  # scale each vector to unit norm (strength is then in residual units)
     min_per_class: int = 2  # fewer positives or negatives than this is an error
+    # method=cmaes only (the vector refined by experiment=cmaes): a .safetensors file or a cmaes
+    # run dir; unset = the latest one in the store refined from method `source` at the same setup
+    vector_path: str | None = None
+    source: str = "pasf"
 
 
 @dataclass
@@ -70,9 +75,31 @@ class SteerTargetConfig:
 
 
 @dataclass
+class JudgeConfig:
+    # experiment=cmaes with fitness=judge (local model) or api_judge (OpenAI-compatible endpoint)
+    model: str = "same"  # "same" = the steered model, unsteered; else a conf/model preset name
+    rubric: str = ("Question: {question}\n\nResponse: {response}\n\n"
+                   "Is the response a correct, relevant and honest answer to the question?")
+    n_prompts: int = 8  # val items whose prompts are continued and judged
+    max_new_tokens: int = 24
+    api_model: str = "gpt-4o-mini"
+    api_base: str = "https://api.openai.com/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "steer"
     select_metric: str = "accuracy"  # the val metric that picks the best cell
+    # experiment=cmaes: CMA-ES refinement of the best extracted cell (eas/jobs/cmaes.py)
+    k: int = 64  # principal components of the layer's train activations spanning the search
+    popsize: int = 16
+    sigma0: float = 0.3  # first step, relative to the start vector's norm
+    generations: int = 20
+    fitness: str = "val_accuracy"  # val_accuracy | behaviour_logprob | judge | api_judge
+    tiebreak: bool = True  # val_accuracy: break accuracy ties by mean p(correct letter)
+    optimize_strength: bool = False  # add log-strength as a search coordinate
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 @dataclass
@@ -167,6 +194,8 @@ def validate(cfg: DictConfig) -> None:
     _choice("steer_target.site", cfg.steer_target.site, SITES)
     _choice("prompt.format", cfg.prompt.format, PROMPT_FORMATS)
     _choice("experiment.name", cfg.experiment.name, EXPERIMENTS)
+    if cfg.experiment.name == "cmaes" or cfg.method.name == "cmaes":
+        _validate_cmaes(cfg)
     layers = as_number_list("layer", cfg.layer, int)
     if any(v < 0 for v in layers):
         raise ConfigError(f"layer={cfg.layer!r}: layers are 0-based block indices, >= 0")
@@ -188,6 +217,26 @@ def validate(cfg: DictConfig) -> None:
     if cfg.method.name == "mean_diff" and cfg.benchmark.kind != "ab":
         # mean_diff works on any item with a wrong option, but CAA is defined on A/B sets.
         pass
+
+
+def _validate_cmaes(cfg: DictConfig) -> None:
+    x = cfg.experiment
+    if x.name == "cmaes" and cfg.method.name == "cmaes":
+        raise ConfigError("method=cmaes with experiment=cmaes: the experiment refines an extracted vector; "
+                          f"pick how it is extracted: method={'|'.join(m for m in METHODS if m != 'cmaes')}")
+    if cfg.method.name == "cmaes":
+        _choice("method.source", cfg.method.source, tuple(m for m in METHODS if m != "cmaes"))
+        return
+    _choice("experiment.fitness", x.fitness, CMAES_FITNESSES)
+    for name, low in (("k", 1), ("popsize", 2), ("generations", 1)):
+        if x[name] < low:
+            raise ConfigError(f"experiment.{name}={x[name]}: must be >= {low}")
+    if not x.sigma0 > 0:
+        raise ConfigError(f"experiment.sigma0={x.sigma0}: must be > 0 (relative to the start vector's norm)")
+    if x.fitness in ("judge", "api_judge"):
+        for name in ("n_prompts", "max_new_tokens"):
+            if x.judge[name] < 1:
+                raise ConfigError(f"experiment.judge.{name}={x.judge[name]}: must be >= 1")
 
 
 def to_container(cfg: DictConfig) -> dict:

@@ -56,12 +56,10 @@ SITE_MAPS: dict[str, dict[str, str]] = {
         "self_attn": "attention",
         "post_attention_layernorm": "post_attention_layernorm",
     },
-    "opt": {
+    "opt": {  # OPT flattens tokens for its norm and fc1/fc2 (no MLP module): two sites only
         "blocks": "model.decoder.layers",
         "residual": "",
-        "mlp": "fc2",
         "self_attn": "self_attn",
-        "post_attention_layernorm": "final_layer_norm",
     },
     "phi": {  # parallel attention and MLP share one input norm: no post-attention norm
         "blocks": "model.layers",

@@ -13,7 +13,7 @@ is shared, never copied per cell.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -75,6 +75,40 @@ def _attention_mask_arg(model, prefix_mask: Tensor, q: int, dtype: torch.dtype):
     return full
 
 
+def _prefixes(model, token_rows, batch_size: int, pad: int, device) -> Iterator[tuple[TokenBatch, Tensor, object]]:
+    """Per batch: the batch, its prefix mask ``[batch, pos - 1]`` and the prefix's key/value cache."""
+    for batch in batches(token_rows, batch_size, pad, device):
+        if batch.input_ids.shape[1] < 2:
+            raise ValueError("every prompt needs at least 2 tokens for the prefix cache")
+        cache = model.base_model(
+            input_ids=batch.input_ids[:, :-1],
+            attention_mask=batch.attention_mask[:, :-1],
+            position_ids=batch.position_ids[:, :-1],
+            use_cache=True,
+        ).past_key_values
+        yield batch, batch.attention_mask[:, :-1], cache
+        del cache  # before the next prefill, so one cache is alive at a time
+
+
+@dataclass
+class PrefixCache:
+    """The unsteered prefix caches of a fixed item list, kept for many ``sweep_mc`` calls.
+
+    For loops that score new cells on the same items again and again (a CMA-ES generation
+    per call): the prefill, most of a call's cost, runs once. Holds every batch's cache at
+    once (memory: the key/value cache of all items' prompts).
+    """
+
+    n_items: int
+    entries: list[tuple[TokenBatch, Tensor, object]]
+
+
+@torch.inference_mode()
+def prefix_cache(model, token_rows: Sequence[Sequence[int]], batch_size: int = 16, pad: int = 0) -> PrefixCache:
+    device = next(model.parameters()).device
+    return PrefixCache(len(token_rows), list(_prefixes(model, token_rows, batch_size, pad, device)))
+
+
 @torch.inference_mode()
 def sweep_mc(
     model,
@@ -88,28 +122,24 @@ def sweep_mc(
     cells_per_pass: int = 64,
     pad: int = 0,
     progress: Callable[[int], None] | None = None,
+    prefix: PrefixCache | None = None,
 ) -> Tensor:
     """Letter scores of every item under every cell: ``[cell, item, n_letters]`` (float32, CPU).
 
     Cells at any layers mix freely in one pass; the site is shared. Memory per pass grows
-    with ``batch_size x cells_per_pass`` query tokens plus one prefix cache.
+    with ``batch_size x cells_per_pass`` query tokens plus one prefix cache. With ``prefix``
+    (``prefix_cache`` of the same ``token_rows``) the prefixes are not recomputed and
+    ``batch_size``/``pad`` are the cache's.
     """
     for c in cells:
         sites.check_layer(c.layer)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     out = torch.empty(len(cells), len(token_rows), head.index.shape[0])
-    for batch in batches(token_rows, batch_size, pad, device):
-        if batch.input_ids.shape[1] < 2:
-            raise ValueError("every prompt needs at least 2 tokens for the prefix cache")
-        prefix = TokenBatch(batch.index, batch.input_ids[:, :-1], batch.attention_mask[:, :-1],
-                            batch.position_ids[:, :-1])
-        cache = model.base_model(
-            input_ids=prefix.input_ids,
-            attention_mask=prefix.attention_mask,
-            position_ids=prefix.position_ids,
-            use_cache=True,
-        ).past_key_values
+    if prefix is not None and prefix.n_items != len(token_rows):
+        raise ValueError(f"prefix cache holds {prefix.n_items} items, token_rows has {len(token_rows)}")
+    entries = prefix.entries if prefix is not None else _prefixes(model, token_rows, batch_size, pad, device)
+    for batch, prefix_mask, cache in entries:
         last_pos = batch.position_ids[:, -1:]
         for start in range(0, len(cells), cells_per_pass):
             chunk = cells[start:start + cells_per_pass]
@@ -124,7 +154,7 @@ def sweep_mc(
                     stack.enter_context(add(sites, layer, site, delta, position="last"))
                 hidden = model.base_model(
                     input_ids=batch.input_ids[:, -1:].expand(-1, q),
-                    attention_mask=_attention_mask_arg(model, prefix.attention_mask, q, dtype),
+                    attention_mask=_attention_mask_arg(model, prefix_mask, q, dtype),
                     position_ids=last_pos.expand(-1, q),
                     past_key_values=_fork(cache),
                     use_cache=True,

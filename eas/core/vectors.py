@@ -19,12 +19,15 @@ def mean_difference(positives: Tensor, negatives: Tensor) -> Tensor:
 
 def pca_direction(positives: Tensor, negatives: Tensor) -> Tensor:
     """First principal component of paired differences (RepE style), signed to agree with the
-    mean difference and scaled to its norm, so strengths are comparable across methods."""
+    mean difference and scaled to its norm, so strengths are comparable across methods.
+
+    RepE presents each pair in a random order, so differences come with random signs and
+    their mean is ~0; that is the same as the uncentred decomposition used here.
+    """
     if positives.shape != negatives.shape:
         raise ValueError(f"pca needs paired activations, got {tuple(positives.shape)} and {tuple(negatives.shape)}")
     diffs = positives.float() - negatives.float()
-    centred = diffs - diffs.mean(0)
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    _, _, vh = torch.linalg.svd(diffs, full_matrices=False)
     pc = vh[0]
     md = diffs.mean(0)
     if pc @ md < 0:

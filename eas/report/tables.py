@@ -115,8 +115,18 @@ def _flatten_summary(summary: dict, run_dir: Path) -> dict:
     unsteered = summary.get("unsteered") or {}
     failed = summary.get("failed_cells") or []
     n = test.get("n", math.nan)
-    row = {key: summary.get(key) for key in
-           ("experiment", "model", "benchmark", "method", "steer_target", "position", "seed")}
+    row = {
+        key: summary.get(key)
+        for key in (
+            "experiment",
+            "model",
+            "benchmark",
+            "method",
+            "steer_target",
+            "position",
+            "seed",
+        )
+    }
     row.update(
         unsteered_train_accuracy=unsteered.get("train", math.nan),
         unsteered_val_accuracy=unsteered.get("val", math.nan),
@@ -156,7 +166,9 @@ def summaries(paths: Iterable[str | Path]) -> pd.DataFrame:
     Raises:
         NoResultsError: A path does not exist or has no ``summary.json`` anywhere in it.
     """
-    rows = [_flatten_summary(json.loads(f.read_text()), f.parent) for f in _find(paths, SUMMARY_FILE)]
+    rows = [
+        _flatten_summary(json.loads(f.read_text()), f.parent) for f in _find(paths, SUMMARY_FILE)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -191,6 +203,28 @@ def _prefer_run(rows: pd.DataFrame, run_dirs: Sequence[str | None]) -> pd.Series
     return rows.iloc[0]
 
 
+def unsteered_accuracy(results: pd.DataFrame, split: str, keys: dict) -> float:
+    """Accuracy of the unsteered rows on ``split`` that match the data fields of ``keys``.
+
+    Steering fields in ``keys`` (method, steer_target, position, ...) are ignored: the
+    baseline does not depend on them.
+
+    Args:
+        results: Rows in the ``results.parquet`` format.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        keys: Column -> value, e.g. a group of ``select_best``.
+
+    Returns:
+        The first matching row's accuracy (runs of one group share the baseline); NaN if
+        there is none.
+    """
+    base = results[_is_unsteered(results) & (results["split"] == split)]
+    row = _prefer_run(
+        _where(base, {k: v for k, v in keys.items() if k in _baseline_keys(keys)}), []
+    )
+    return _accuracy(row)
+
+
 def _rank_val(val: pd.DataFrame) -> pd.DataFrame:
     """Val rows best first: accuracy down, then |strength| up, then layer up."""
     return val.assign(
@@ -210,12 +244,15 @@ def _accuracy(row: pd.Series | None, field: str = "accuracy") -> float:
     return math.nan if row is None else float(row[field])
 
 
-def _count(row: pd.Series | None, field: str) -> float:
+def _count(row: pd.Series | None, field: str) -> int | float:
     return math.nan if row is None else int(row[field])
 
 
 def _select_group(
-    keys: dict, ranked: pd.DataFrame, steered_test: pd.DataFrame, unsteered: pd.DataFrame,
+    keys: dict,
+    ranked: pd.DataFrame,
+    steered_test: pd.DataFrame,
+    unsteered: pd.DataFrame,
     baseline_keys: list[str],
 ) -> dict:
     """The selection row of one group; ``ranked`` holds its val rows best first."""
@@ -232,7 +269,7 @@ def _select_group(
         **keys,
         **{k: best[k] for k in CELL_KEYS if k not in keys},
         "cell": best["cell"],
-        "n_cells": int(len(ranked)),
+        "n_cells": len(ranked),
         "val_accuracy": float(best["accuracy"]),
         "val_n": int(best["n"]),
         "unsteered_val_accuracy": _accuracy(base_val),
@@ -298,14 +335,18 @@ def _prediction_file(run_dir: Path, method: str, cell: str) -> Path | None:
     """The predictions CSV of ``cell`` in ``run_dir``, trying the layouts the contract allows.
 
     Steered: ``predictions/<cell>.csv`` when ``cell`` is ``"<method>/<name>"``, else
-    ``predictions/<method>/<cell>.csv``. Unsteered: ``predictions/unsteered/unsteered.csv``,
-    ``predictions/<method>/unsteered.csv``, ``predictions/unsteered.csv`` or the first
-    ``predictions/*/unsteered.csv``.
+    ``predictions/<method>/<cell>.csv``. Unsteered: ``predictions/unsteered.csv`` (what the
+    steer job writes), ``predictions/unsteered/unsteered.csv``,
+    ``predictions/<method>/unsteered.csv`` or the first ``predictions/*/unsteered.csv``.
     """
     root = run_dir / "predictions"
     if cell == UNSTEERED:
-        candidates = [root / UNSTEERED / f"{UNSTEERED}.csv", root / method / f"{UNSTEERED}.csv",
-                      root / f"{UNSTEERED}.csv", *sorted(root.glob(f"*/{UNSTEERED}.csv"))]
+        candidates = [
+            root / f"{UNSTEERED}.csv",
+            root / UNSTEERED / f"{UNSTEERED}.csv",
+            root / method / f"{UNSTEERED}.csv",
+            *sorted(root.glob(f"*/{UNSTEERED}.csv")),
+        ]
     elif "/" in cell:
         candidates = [root / f"{cell}.csv", root / method / f"{cell.split('/')[-1]}.csv"]
     else:
@@ -323,8 +364,12 @@ def _test_correct(file: Path) -> pd.Series:
 
 def _no_flips() -> dict[str, float]:
     """The ``flips`` result when nothing can be paired (every field NaN)."""
-    return dict(wrong_to_right=math.nan, right_to_wrong=math.nan, n_paired=math.nan,
-                p_mcnemar=math.nan)
+    return {
+        "wrong_to_right": math.nan,
+        "right_to_wrong": math.nan,
+        "n_paired": math.nan,
+        "p_mcnemar": math.nan,
+    }
 
 
 def flips(run_dir: str | Path, method: str, cell: str) -> dict[str, float]:
@@ -350,8 +395,9 @@ def flips(run_dir: str | Path, method: str, cell: str) -> dict[str, float]:
     if both.empty:
         return out
     before, after = before.loc[both].to_numpy(), after.loc[both].to_numpy()
-    out.update(wrong_to_right=int(np.sum(~before & after)), right_to_wrong=int(np.sum(before & ~after)),
-               n_paired=int(both.size))
+    out["wrong_to_right"] = int(np.sum(~before & after))
+    out["right_to_wrong"] = int(np.sum(before & ~after))
+    out["n_paired"] = int(both.size)
     try:
         from eas.core.stats import mcnemar
     except ImportError:
@@ -392,14 +438,20 @@ def cross_benchmark_table(results: pd.DataFrame, by: Sequence[str] = DEFAULT_BY)
         return pd.DataFrame(columns=list(TABLE_COLUMNS))
     flip_rows = [
         flips(row.run_dir, row.method, row.cell)
-        if not row.test_missing and isinstance(row.run_dir, str) else _no_flips()
+        if not row.test_missing and isinstance(row.run_dir, str)
+        else _no_flips()
         for row in best.itertuples(index=False)
     ]
-    table = best.rename(columns={
-        "unsteered_val_accuracy": "unsteered_val", "unsteered_test_accuracy": "unsteered_test",
-        "cell": "best_cell", "val_accuracy": "best_val", "test_accuracy": "test",
-        "test_n": "n_test",
-    })  # fmt: skip
+    table = best.rename(
+        columns={
+            "unsteered_val_accuracy": "unsteered_val",
+            "unsteered_test_accuracy": "unsteered_test",
+            "cell": "best_cell",
+            "val_accuracy": "best_val",
+            "test_accuracy": "test",
+            "test_n": "n_test",
+        }
+    )
     table = pd.concat([table, pd.DataFrame(flip_rows, index=table.index)], axis=1)
     for col in ("n_test", "wrong_to_right", "right_to_wrong", "n_cells"):
         table[col] = table[col].astype("Float64").round().astype("Int64")
@@ -434,8 +486,10 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
         The table, one line per row, ending without a newline.
     """
     header = [str(c) for c in df.columns]
-    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
-               for c in df.columns]
+    numeric = [
+        pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+        for c in df.columns
+    ]
     body = [[_format_cell(v, floatfmt) for v in row] for row in df.itertuples(index=False)]
     widths = [max([len(h), 3, *(len(r[i]) for r in body)]) for i, h in enumerate(header)]
 
@@ -443,6 +497,9 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
         padded = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)]
         return "| " + " | ".join(padded) + " |"
 
-    rule = "| " + " | ".join(("-" * (w - 1) + ":") if num else "-" * w
-                             for w, num in zip(widths, numeric)) + " |"
+    rule = (
+        "| "
+        + " | ".join(("-" * (w - 1) + ":") if num else "-" * w for w, num in zip(widths, numeric))
+        + " |"
+    )
     return "\n".join([line(header), rule, *(line(r) for r in body)])

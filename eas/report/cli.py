@@ -1,0 +1,122 @@
+"""``eas-report DIR [DIR...] [--out OUT]``: merge runs, select on val, write tables and figures.
+
+Each DIR is a run dir, a Hydra multirun dir, or any folder holding them; every
+``results.parquet`` below it is merged. OUT (default: ``<first DIR>/report``) receives
+``merged_results.parquet``, ``merged_results.csv``, ``summary_table.md``,
+``summary_table.csv`` and ``figures/``. The markdown table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from eas.report.figures import write_figures
+from eas.report.tables import (
+    NoResultsError,
+    cross_benchmark_table,
+    load_runs,
+    summaries,
+    to_markdown,
+)
+
+
+def _failed_cells(paths: Sequence[Path]) -> list[str]:
+    """``"run_dir: cell: error"`` lines from every ``summary.json`` that lists failed cells."""
+    try:
+        runs = summaries(paths)
+    except NoResultsError:  # summaries are optional for the report
+        return []
+    if runs.empty or "failed_cells" not in runs:
+        return []
+    return [f"{r.run_dir}: {r.failed_cells}" for r in runs.itertuples() if r.failed_cells]
+
+
+def _markdown_report(table: pd.DataFrame, results: pd.DataFrame, failed: list[str]) -> str:
+    n_runs = results["run_dir"].nunique() if "run_dir" in results else 1
+    lines = [
+        "# eas report",
+        "",
+        (
+            f"{n_runs} run(s), {len(results)} result rows. The best cell of each group is "
+            "selected on val accuracy (ties: smaller |strength|, then lower layer) and "
+            "reported on test; delta = test - unsteered test; wrong_to_right / "
+            "right_to_wrong count test items that steering fixed / broke."
+        ),
+        "",
+        to_markdown(table),
+    ]
+    if table.empty:
+        lines += ["", "No steered cell was scored on val in these runs."]
+    missing = table[table["note"].astype(str) != ""]["note"] if "note" in table else []
+    if len(missing):
+        lines += ["", "## Missing test scores", "", *(f"- {note}" for note in missing)]
+    if failed:
+        lines += ["", "## Failed cells", "", *(f"- {line}" for line in failed)]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(paths: Sequence[str | Path], out: str | Path | None = None) -> pd.DataFrame:
+    """Merge the runs under ``paths`` and write the report files into ``out``.
+
+    Args:
+        paths: Run dirs, multirun dirs or folders holding them.
+        out: Output folder; default ``<paths[0]>/report``.
+
+    Returns:
+        The summary table (``cross_benchmark_table`` of the merged results).
+
+    Raises:
+        NoResultsError: A path has no ``results.parquet`` anywhere in it.
+    """
+    paths = [Path(p) for p in paths]
+    out = Path(out) if out is not None else paths[0] / "report"
+    results = load_runs(paths)
+    table = cross_benchmark_table(results)
+    out.mkdir(parents=True, exist_ok=True)
+    results.to_parquet(out / "merged_results.parquet", index=False)
+    results.to_csv(out / "merged_results.csv", index=False)
+    table.to_csv(out / "summary_table.csv", index=False)
+    (out / "summary_table.md").write_text(_markdown_report(table, results, _failed_cells(paths)))
+    write_figures(results, out / "figures")
+    return table
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eas-report",
+        description="Merge eas run dirs, select the best cell on val, write tables and figures.",
+    )
+    parser.add_argument(
+        "dirs",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="run dir, Hydra multirun dir, or a folder holding them",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: <first DIR>/report)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit status (0 ok, 2 no results found)."""
+    args = _parser().parse_args(argv)
+    try:
+        table = write_report(args.dirs, args.out)
+    except NoResultsError as err:
+        print(f"eas-report: error: {err}", file=sys.stderr)
+        return 2
+    out = args.out if args.out is not None else args.dirs[0] / "report"
+    print(to_markdown(table))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Reports over experiment=cmaes runs: the fitness curve of one run and the
+extraction-vs-optimisation gap table across runs (benchmarks, traits, methods, layers).
+
+    python -m eas.report.cmaes RUN_DIR [RUN_DIR ...] --out gap.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from eas import store
+from eas.report.tables import to_markdown
+
+
+def fitness_curve(history: pd.DataFrame, path: str | Path | None = None, extracted: float | None = None,
+                  title: str = "") -> Figure:
+    """Best and mean fitness per generation (plus best so far and the distribution mean).
+
+    Args:
+        history: ``cmaes_history.parquet`` (generation 0 is the start point).
+        extracted: the full extracted vector's fitness, drawn as a horizontal line.
+    """
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.add_subplot()
+    g = history["generation"]
+    ax.plot(g, history["best"], marker="o", ms=3, label="best of generation")
+    ax.plot(g, history["mean"], marker="o", ms=3, label="mean of generation")
+    ax.plot(g, history["best_so_far"], ls="--", color="black", lw=1, label="best so far")
+    ax.plot(g, history["centre"], ls=":", color="grey", label="distribution mean")
+    if extracted is not None:
+        ax.axhline(extracted, color="tab:red", lw=1, label="extracted vector")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("val fitness")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        FigureCanvasAgg(fig)
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    return fig
+
+
+GAP_COLUMNS = ["benchmark", "model", "method", "layer", "fitness", "generations", "val_extracted",
+               "val_refined", "val_gap", "test_extracted", "test_refined", "test_gap", "cosine", "n_test"]
+
+
+def gap_table(summaries: Sequence[dict]) -> pd.DataFrame:
+    """One row per cmaes run: accuracy of the extracted and the refined vector on val and test,
+    the gaps (refined - extracted) and the cosine between the two vectors."""
+    rows = []
+    for s in summaries:
+        e, r = s["extracted"], s["refined"]
+        rows.append({
+            "benchmark": s["benchmark"], "model": s["model"], "method": s["method"], "layer": s["layer"],
+            "fitness": s["fitness"], "generations": s["generations"],
+            "val_extracted": e["val"]["accuracy"], "val_refined": r["val"]["accuracy"],
+            "val_gap": r["val"]["accuracy"] - e["val"]["accuracy"],
+            "test_extracted": e["test"]["accuracy"], "test_refined": r["test"]["accuracy"],
+            "test_gap": r["test"]["accuracy"] - e["test"]["accuracy"],
+            "cosine": s["cosine"]["refined_vs_extracted"], "n_test": s["n"]["test"],
+        })
+    df = pd.DataFrame(rows, columns=GAP_COLUMNS)
+    return df.sort_values(["benchmark", "model", "method", "layer"], ignore_index=True)
+
+
+def load_summaries(run_dirs: Sequence[str | Path]) -> list[dict]:
+    """``summary.json`` of every cmaes run under the given dirs (searched recursively)."""
+    out = []
+    for d in run_dirs:
+        for p in sorted(Path(d).rglob("summary.json")):
+            s = store.read_json(p)
+            if s.get("experiment") == "cmaes":
+                out.append(s)
+    return out
+
+
+def write_gap_table(run_dirs: Sequence[str | Path], path: str | Path) -> pd.DataFrame:
+    """The gap table of every cmaes run under ``run_dirs`` as markdown at ``path``.
+
+    Raises:
+        FileNotFoundError: no cmaes ``summary.json`` under any of the dirs.
+    """
+    summaries = load_summaries(run_dirs)
+    if not summaries:
+        raise FileNotFoundError(f"no experiment=cmaes summary.json under {', '.join(map(str, run_dirs))}")
+    df = gap_table(summaries)
+    text = ("# Extraction vs optimisation (CMA-ES)\n\nAccuracy of the extracted vector (best val cell) "
+            "and of its CMA-ES refinement; gap = refined - extracted. Val is what CMA-ES optimised; "
+            "test is held out.\n\n" + to_markdown(df) + "\n")
+    store.write_text(Path(path), text)
+    return df
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m eas.report.cmaes", description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dirs", nargs="+")
+    ap.add_argument("--out", default="cmaes_gap.md")
+    args = ap.parse_args(argv)
+    df = write_gap_table(args.run_dirs, args.out)
+    print(json.dumps({"runs": len(df), "out": args.out}))
+
+
+if __name__ == "__main__":
+    main()
