@@ -49,17 +49,22 @@ def run_job(cfg: DictConfig, out_dir: Path) -> dict:
 
 
 def _task(cfg: DictConfig) -> dict | None:
+    from eas.sweep import job_record
+
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        summary = run_job(cfg, out_dir)
-    except _user_errors() as e:
-        print(f"eas: error: {e}", file=sys.stderr)
-        if HydraConfig.get().mode.name == "MULTIRUN":
-            raise UserError(str(e)) from None
-        sys.exit(2)
-    if cfg.experiment.name == "steer":
-        _print_summary(summary, out_dir)
-    return summary
+    # status.json: running -> done | failed (traceback); in a multirun a failure is recorded, not raised
+    with job_record(out_dir) as record:
+        try:
+            summary = run_job(cfg, out_dir)
+        except _user_errors() as e:
+            print(f"eas: error: {e}", file=sys.stderr)
+            if HydraConfig.get().mode.name == "MULTIRUN":
+                raise UserError(str(e)) from None
+            sys.exit(2)
+        record.done(summary)
+        if cfg.experiment.name == "steer":
+            _print_summary(summary, out_dir)
+    return record.result
 
 
 def _print_summary(s: dict, out_dir: Path) -> None:

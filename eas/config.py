@@ -100,6 +100,18 @@ class ExperimentConfig:
     tiebreak: bool = True  # val_accuracy: break accuracy ties by mean p(correct letter)
     optimize_strength: bool = False  # add log-strength as a search coordinate
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    # experiment=probe: linear probes, CCS, random-direction null, abstention (eas/jobs/probe.py)
+    target: str = "auto"  # auto (trait on A/B sets, error otherwise) | trait | error
+    folds: int = 5  # stratified k-fold over items; 0 = fit on train, pick the layer on val, report test
+    pooling: Any = None  # last | mid | mean, or a list of them; null = method.position
+    inner_folds: int = 3  # inner CV that picks the logistic-regression C from c_grid
+    c_grid: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])
+    n_random: int = 1000  # random unit directions in the AUROC null
+    n_bootstrap: int = 10000  # resamples of the AUROC confidence intervals
+    ccs_restarts: int = 10  # CCS random restarts (0 = no CCS)
+    ccs_epochs: int = 1000
+    abstain_threshold: float = 0.5  # answer when the error probe's P(right) >= this, else abstain
+    lexical_words: list[str] = field(default_factory=list)  # removed from item texts, probe re-run
 
 
 @dataclass
@@ -117,6 +129,18 @@ class StoreConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    """What one job asks the scheduler for (conf/resources/*; hydra/launcher=slurm reads it)."""
+
+    name: str = "cpu"
+    cpus_per_task: int = 2
+    gpus_per_node: int | None = None
+    mem_gb: int | None = 8
+    timeout_min: int = 120
+    partition: str | None = None  # null: the cluster's default partition
+
+
+@dataclass
 class EasConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
@@ -125,6 +149,7 @@ class EasConfig:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     # A number or a list: `layer=8` (one cell per job, sweep with -m) or `layer=[8,11,13]`.
     layer: Any = "${model.layers}"
     strength: Any = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
@@ -196,6 +221,8 @@ def validate(cfg: DictConfig) -> None:
     _choice("experiment.name", cfg.experiment.name, EXPERIMENTS)
     if cfg.experiment.name == "cmaes" or cfg.method.name == "cmaes":
         _validate_cmaes(cfg)
+    if cfg.experiment.name == "probe":
+        _validate_probe(cfg)
     layers = as_number_list("layer", cfg.layer, int)
     if any(v < 0 for v in layers):
         raise ConfigError(f"layer={cfg.layer!r}: layers are 0-based block indices, >= 0")
@@ -237,6 +264,27 @@ def _validate_cmaes(cfg: DictConfig) -> None:
         for name in ("n_prompts", "max_new_tokens"):
             if x.judge[name] < 1:
                 raise ConfigError(f"experiment.judge.{name}={x.judge[name]}: must be >= 1")
+
+
+PROBE_TARGETS = ("auto", "trait", "error")
+
+
+def _validate_probe(cfg: DictConfig) -> None:
+    x = cfg.experiment
+    _choice("experiment.target", x.target, PROBE_TARGETS)
+    if x.folds == 1 or x.folds < 0:
+        raise ConfigError(f"experiment.folds={x.folds}: use k >= 2 (stratified k-fold) or 0 (the train/val/test split)")
+    pooling = x.pooling if x.pooling is not None else cfg.method.position
+    for p in (list(pooling) if isinstance(pooling, (ListConfig, list, tuple)) else [pooling]):
+        _choice("experiment.pooling", p, POSITIONS)
+    for name, low in (("inner_folds", 2), ("n_random", 1), ("n_bootstrap", 100), ("ccs_restarts", 0),
+                      ("ccs_epochs", 1)):
+        if x[name] < low:
+            raise ConfigError(f"experiment.{name}={x[name]}: must be >= {low}")
+    if not x.c_grid or any(not c > 0 for c in x.c_grid):
+        raise ConfigError(f"experiment.c_grid={list(x.c_grid)}: give positive inverse strengths, e.g. [0.01,0.1,1]")
+    if not 0.0 <= x.abstain_threshold <= 1.0:
+        raise ConfigError(f"experiment.abstain_threshold={x.abstain_threshold}: a probability in [0, 1]")
 
 
 def to_container(cfg: DictConfig) -> dict:

@@ -187,8 +187,9 @@ class CrossValidated:
     """Out-of-fold scores of one probe kind.
 
     Attributes:
-        scores: ``[n]``: each row scored by the probe of the fold that held it out.
-        fold: ``[n]`` fold index of each row.
+        scores: ``[n]``: each row scored by the probe of the fold that held it out (NaN
+            for a row in no test fold).
+        fold: ``[n]`` fold index of each row (-1: in no test fold).
         probes: The probe fitted in each fold.
     """
 
@@ -203,7 +204,8 @@ def cross_validate(
 ) -> CrossValidated:
     """Fit on each split's train rows, score its test rows (``fit(x, y, groups)``).
 
-    Every row must be in exactly one test fold (``fold_indices`` guarantees it).
+    With ``fold_indices`` every row is in exactly one test fold. A single train/test split
+    is also a valid ``splits``: rows in no test fold get a NaN score and fold -1.
     """
     xa = _x(x)
     y = _y(labels, len(xa))
@@ -216,8 +218,6 @@ def cross_validate(
         scores[te] = probe.score(xa[te])
         fold[te] = i
         probes.append(probe)
-    if (fold < 0).any():
-        raise ValueError(f"{int((fold < 0).sum())} rows are in no test fold")
     return CrossValidated(scores, fold, tuple(probes))
 
 
@@ -388,11 +388,10 @@ def fit_ccs(
     weight_decay: float = 0.01,
     seed: int = 0,
 ) -> CCSProbe:
-    """Train CCS on contrast pairs; keep the restart with the lowest loss.
+    """Train CCS on the contrast pairs of one layer; keep the restart with the lowest loss.
 
     Loss per pair: ``(p(first) - (1 - p(second)))**2 + min(p(first), p(second))**2``
     (consistency + confidence), averaged over pairs; full-batch AdamW as in the paper.
-    All restarts train at once as the columns of one ``[d_model, n_restarts]`` weight.
 
     Args:
         x_first: ``[n, d_model]`` first member of each pair.
@@ -406,44 +405,73 @@ def fit_ccs(
         seed: Seeds the initialisations.
     """
     a, b = _x(x_first, "x_first"), _x(x_second, "x_second")
-    if a.shape != b.shape:
-        raise ValueError(f"x_first and x_second must have the same shape; got {a.shape} and {b.shape}")
-    if len(a) < 2:
-        raise ValueError(f"CCS needs at least 2 pairs; got {len(a)}")
+    return fit_ccs_layers(a[None], b[None], labels, n_restarts, epochs, lr, weight_decay, seed)[0]
+
+
+def fit_ccs_layers(
+    x_first: ArrayLike,
+    x_second: ArrayLike,
+    labels: ArrayLike | None = None,
+    n_restarts: int = 10,
+    epochs: int = 1000,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    seed: int = 0,
+) -> list[CCSProbe]:
+    """``fit_ccs`` for many layers at once: ``x_first``/``x_second`` are
+    ``[layer, n, d_model]``; returns one probe per layer.
+
+    Every (layer, restart) is an independent optimisation, but all run in one batched
+    loop (the weight is ``[layer, d_model, restart]``), so the per-step overhead is paid
+    once rather than per layer and restart.
+    """
+    a = np.asarray(x_first.detach().cpu() if isinstance(x_first, torch.Tensor) else x_first, np.float64)
+    b = np.asarray(x_second.detach().cpu() if isinstance(x_second, torch.Tensor) else x_second, np.float64)
+    if a.ndim != 3 or a.shape != b.shape:
+        raise ValueError(f"x_first and x_second must both be [layer, n, d_model]; got {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("x_first or x_second holds NaN or inf values")
+    n_layers, n, d = a.shape
+    if n < 2:
+        raise ValueError(f"CCS needs at least 2 pairs; got {n}")
     if n_restarts < 1 or epochs < 1:
         raise ValueError(f"n_restarts={n_restarts}, epochs={epochs}: both must be >= 1")
-    ma, sa = a.mean(0), a.std(0) + _EPS
-    mb, sb = b.mean(0), b.std(0) + _EPS
-    ta = torch.as_tensor((a - ma) / sa, dtype=torch.float32)
+    ma, sa = a.mean(1, keepdims=True), a.std(1, keepdims=True) + _EPS
+    mb, sb = b.mean(1, keepdims=True), b.std(1, keepdims=True) + _EPS
+    ta = torch.as_tensor((a - ma) / sa, dtype=torch.float32)  # [layer, n, d]
     tb = torch.as_tensor((b - mb) / sb, dtype=torch.float32)
-    d = ta.shape[1]
     gen = torch.Generator().manual_seed(seed)
     bound = 1.0 / np.sqrt(d)  # nn.Linear's default initialisation
-    w = ((torch.rand(d, n_restarts, generator=gen) * 2 - 1) * bound).requires_grad_()
-    bias = ((torch.rand(n_restarts, generator=gen) * 2 - 1) * bound).requires_grad_()
+    w = ((torch.rand(n_layers, d, n_restarts, generator=gen) * 2 - 1) * bound).requires_grad_()
+    bias = ((torch.rand(n_layers, 1, n_restarts, generator=gen) * 2 - 1) * bound).requires_grad_()
     opt = torch.optim.AdamW([w, bias], lr=lr, weight_decay=weight_decay)
 
-    def losses() -> torch.Tensor:  # [n_restarts]
-        pa, pb = torch.sigmoid(ta @ w + bias), torch.sigmoid(tb @ w + bias)
-        return ((pa - (1 - pb)) ** 2).mean(0) + (torch.minimum(pa, pb) ** 2).mean(0)
+    def losses() -> torch.Tensor:  # [layer, restart]
+        pa, pb = torch.sigmoid(ta @ w + bias), torch.sigmoid(tb @ w + bias)  # [layer, n, restart]
+        return ((pa - (1 - pb)) ** 2).mean(1) + (torch.minimum(pa, pb) ** 2).mean(1)
 
     with torch.enable_grad():
         for _ in range(epochs):
             opt.zero_grad()
-            losses().sum().backward()  # restarts share no parameters: independent optimisations
+            losses().sum().backward()  # no shared parameters: the optimisations stay independent
             opt.step()
     with torch.no_grad():
         final = losses().numpy().astype(np.float64)
-    best = int(np.argmin(final))
-    probe = CCSProbe(w.detach()[:, best].numpy().astype(np.float64), float(bias.detach()[best]),
-                     ma, sa, mb, sb, 1, float(final[best]), tuple(float(v) for v in final))
+    y = None
     if labels is not None:
         y = np.asarray(labels).astype(int)
-        if y.shape != (len(a),):
-            raise ValueError(f"labels must have shape ({len(a)},); got {y.shape}")
-        if np.mean((probe.predict_proba(a, b) > 0.5) == (y == 1)) < 0.5:
+        if y.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},); got {y.shape}")
+    out = []
+    for layer in range(n_layers):
+        best = int(np.argmin(final[layer]))
+        probe = CCSProbe(w.detach()[layer, :, best].numpy().astype(np.float64),
+                         float(bias.detach()[layer, 0, best]), ma[layer, 0], sa[layer, 0], mb[layer, 0],
+                         sb[layer, 0], 1, float(final[layer, best]), tuple(float(v) for v in final[layer]))
+        if y is not None and np.mean((probe.predict_proba(a[layer], b[layer]) > 0.5) == (y == 1)) < 0.5:
             probe = CCSProbe(**{**probe.__dict__, "sign": -1})
-    return probe
+        out.append(probe)
+    return out
 
 
 # --------------------------------------------------------------------------- abstention

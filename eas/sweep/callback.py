@@ -1,0 +1,41 @@
+"""The Hydra callback that ends every multirun: record each cell's state, merge the report.
+
+Configured in ``conf/config.yaml`` (``hydra.callbacks.sweep``). A sweep with a failed
+or missing cell still merges what landed, then exits with status 1, so scripts notice;
+a detached sweep prints how to follow it and exits 0.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+class SweepCallback(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        if config.hydra.launcher.get("detach", False):
+            print(f"eas: sweep submitted to SLURM: {sweep_dir}\n"
+                  f"  follow it:    eas-sweep status {sweep_dir}\n"
+                  f"  resubmit missing and failed cells:  eas-sweep resume {sweep_dir}")
+            return
+        from eas.sweep.report import REPORT_DIR, finalize
+
+        st = finalize(sweep_dir)
+        if not st.cells:
+            return
+        lines = [f"eas: sweep {sweep_dir}: {st.counts()}"]
+        if not st.complete:
+            lines += ["  " + line for line in st.table().splitlines()]
+        if (sweep_dir / REPORT_DIR).is_dir() and st.result_dirs():
+            lines.append(f"  merged report: {sweep_dir / REPORT_DIR}")
+        lines.append(f"  cell states: {sweep_dir / 'sweep_status.md'}")
+        print("\n".join(lines))
+        if st.count("failed") or st.count("missing"):
+            if st.manifest is not None:
+                print(f"  resubmit the failed and missing cells: eas-sweep resume {sweep_dir}")
+            sys.exit(1)

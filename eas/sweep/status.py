@@ -1,0 +1,200 @@
+"""The state of every cell of a sweep, from its records and (where it answers) SLURM.
+
+A cell is ``done``, ``failed`` (with the error), ``running``, ``pending`` (queued
+or requeued), ``missing`` (never submitted, or SLURM forgot it before it ran) or
+``unknown`` (submitted, SLURM does not answer). A job's ``status.json`` counts
+only if it belongs to the job's latest submission; a record that still says
+``running`` while SLURM says the job ended (scancel, timeout, out of memory, node
+failure) is ``failed`` with SLURM's state and the job's log.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from eas.sweep import records, slurm
+
+STATES = ("done", "failed", "running", "pending", "missing", "unknown")
+LIVE = ("running", "pending", "unknown")  # resume leaves these alone
+# how a steer job names a cell in summary.json's failed_cells (eas.jobs.steer.cell_name)
+_CELL_NAME = re.compile(r"L(?P<layer>-?\d+)_s(?P<strength>[^/\s]+)$")
+
+
+@dataclass
+class JobState:
+    num: int | None
+    overrides: list[str]
+    cells: list[list[str]]
+    state: str
+    slurm_job_id: str | None = None
+    slurm_state: str | None = None
+    job_dir: str | None = None
+    error: str | None = None
+    failed_cells: list[str] = field(default_factory=list)
+
+    @property
+    def has_results(self) -> bool:
+        return bool(self.job_dir) and (Path(self.job_dir) / "results.parquet").exists()
+
+
+@dataclass
+class CellState:
+    cell: list[str]
+    state: str
+    num: int | None
+    slurm_job_id: str | None
+    job_dir: str | None
+    error: str | None = None
+
+
+@dataclass
+class SweepStatus:
+    sweep_dir: Path
+    jobs: list[JobState]
+    cells: list[CellState]
+    slurm_answered: bool
+    manifest: dict | None = None
+
+    def count(self, state: str) -> int:
+        return sum(c.state == state for c in self.cells)
+
+    @property
+    def live(self) -> bool:
+        return any(c.state in LIVE for c in self.cells)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.cells) and all(c.state == "done" for c in self.cells)
+
+    def result_dirs(self) -> list[Path]:
+        """Job dirs whose results belong in the merged table: the latest run of each job
+        (a job with some failed cells still contributes the cells that landed)."""
+        return [Path(j.job_dir) for j in self.jobs if j.state in ("done", "failed") and j.has_results]
+
+    def counts(self) -> str:
+        parts = [f"{self.count(s)} {s}" for s in STATES if self.count(s) or s in ("done", "failed")]
+        return f"{len(self.cells)} cells: " + ", ".join(parts)
+
+    def table(self, width: int = 160) -> str:
+        """One line per cell: state, SLURM job, cell overrides, first line of the error."""
+        rows = [("state", "job", "cell", "error")]
+        for c in self.cells:
+            err = (c.error or "").strip().splitlines()
+            rows.append((c.state, c.slurm_job_id or ("" if c.num is None else f"#{c.num}"),
+                         " ".join(c.cell) or "(no overrides)", err[-1] if err else ""))
+        w = [max(len(r[i]) for r in rows) for i in range(3)]
+        return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}"[:width].rstrip() for r in rows)
+
+    def as_dict(self) -> dict:
+        return {"sweep_dir": str(self.sweep_dir), "counts": {s: self.count(s) for s in STATES},
+                "slurm_answered": self.slurm_answered, "cells": [asdict(c) for c in self.cells],
+                "jobs": [asdict(j) for j in self.jobs]}
+
+
+def _log_hint(manifest: dict | None, slurm_job_id: str | None) -> str:
+    folder = (manifest or {}).get("submitit_folder")
+    if not folder or not slurm_job_id:
+        return ""
+    return f"; log: {folder.replace('%j', slurm_job_id)}/{slurm_job_id}_0_log.err"
+
+
+def resolve_job(job: dict, rec: dict | None, slurm_state: str | None, manifest: dict | None = None) -> JobState:
+    """The state of one job from its manifest entry, its status record and its SLURM state.
+
+    Args:
+        job: ``{"num", "overrides", "cells", "slurm_job_id"}`` (``slurm_job_id``: the latest submission).
+        rec: The job's ``status.json``, or None.
+        slurm_state: SLURM's state of the latest submission; None when SLURM did not answer.
+    """
+    sid = job.get("slurm_job_id")
+    st = JobState(job.get("num"), list(job.get("overrides") or []), [list(c) for c in job.get("cells") or []],
+                  "missing", sid, slurm_state)
+    current = rec is not None and (sid is None or rec.get("slurm_job_id") in (None, sid))
+    if current:
+        st.job_dir = rec.get("job_dir")
+        state = rec.get("state")
+        if state in ("done", "failed"):
+            st.state, st.error = state, rec.get("error")
+            st.failed_cells = list(rec.get("failed_cells") or [])
+        elif slurm.is_live(slurm_state):
+            st.state = "running" if slurm_state == "RUNNING" and state == "running" else "pending"
+        elif slurm_state is None or not sid:
+            # no scheduler to ask: trust the record (a local job that died stays "running")
+            st.state = "running" if state == "running" else "failed"
+            st.error = rec.get("error") if state != "running" else None
+        else:
+            st.state = "failed"
+            st.error = (f"SLURM job {sid} ended {slurm_state} while running"
+                        + (f" ({rec['error']})" if rec.get("error") else "") + _log_hint(manifest, sid))
+    elif sid:
+        if slurm.is_live(slurm_state):
+            st.state = "running" if slurm_state == "RUNNING" else "pending"
+        elif slurm_state is None:
+            st.state = "unknown"
+            st.error = "SLURM does not answer (squeue/sacct)"
+        elif slurm_state == "UNKNOWN":
+            st.state = "missing"
+        else:
+            st.state = "failed"
+            st.error = f"SLURM job {sid} ended {slurm_state} before the job recorded a status" + _log_hint(manifest, sid)
+    if st.cells == [] and st.overrides is not None:
+        st.cells = [st.overrides]
+    return st
+
+
+def _cell_failed(cell: list[str], failed_names: list[str]) -> bool:
+    vals = dict(o.partition("=")[::2] for o in cell)
+    try:
+        layer, strength = int(vals["layer"]), float(vals["strength"])
+    except (KeyError, ValueError):
+        return True  # cannot tell which of the job's cells failed: report them all
+    for name in failed_names:
+        m = _CELL_NAME.search(name)
+        if m and int(m["layer"]) == layer and float(m["strength"]) == strength:
+            return True
+    return False
+
+
+def _cell_states(job: JobState) -> list[CellState]:
+    out = []
+    # a packed job that ran but lost some cells: only those cells failed
+    partial = job.state == "failed" and job.failed_cells and len(job.cells) > 1
+    for cell in job.cells:
+        state = job.state
+        if partial and not _cell_failed(cell, job.failed_cells):
+            state = "done"
+        out.append(CellState(cell, state, job.num, job.slurm_job_id, job.job_dir,
+                             job.error if state != "done" else None))
+    return out
+
+
+def sweep_status(sweep_dir: str | Path, ask_slurm: bool = True) -> SweepStatus:
+    """Resolve every job and cell of a sweep dir.
+
+    With a manifest (``hydra/launcher=slurm``) every cell of the sweep is listed, run
+    or not; without one (other launchers) the jobs that recorded a status are.
+    """
+    sweep_dir = Path(sweep_dir)
+    manifest = records.read_manifest(sweep_dir)
+    recs: dict[int | str, dict] = {}
+    for rec in records.find_status_records(sweep_dir):
+        k = rec.get("num") if rec.get("num") is not None else rec.get("job_dir")
+        if k not in recs or str(rec.get("started", "")) >= str(recs[k].get("started", "")):
+            recs[k] = rec
+    if manifest is not None:
+        jobs = manifest.get("jobs", [])
+    else:
+        jobs = [{"num": r.get("num"), "overrides": r.get("overrides", []), "slurm_job_id": r.get("slurm_job_id"),
+                 "_key": k} for k, r in recs.items()]
+    ids = [j.get("slurm_job_id") for j in jobs if j.get("slurm_job_id")]
+    states = slurm.job_states(ids) if ask_slurm and ids and slurm.available() else None
+    resolved = []
+    for j in jobs:
+        rec = recs.get(j["_key"] if "_key" in j else j.get("num"))
+        sid = j.get("slurm_job_id")
+        resolved.append(resolve_job(j, rec, states.get(sid) if states is not None and sid else None, manifest))
+    resolved.sort(key=lambda j: (j.num is None, j.num if j.num is not None else 0))
+    cells = [c for j in resolved for c in _cell_states(j)]
+    return SweepStatus(sweep_dir, resolved, cells, states is not None, manifest)
