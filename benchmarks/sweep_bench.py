@@ -42,12 +42,16 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(device, fn):
-    sync(device)
-    t = time.perf_counter()
-    out = fn()
-    sync(device)
-    return out, time.perf_counter() - t
+def timed(device, fn, repeat: int = 1):
+    """(result, seconds): the fastest of ``repeat`` runs (steady state, not first-call costs)."""
+    best = float("inf")
+    for _ in range(repeat):
+        sync(device)
+        t = time.perf_counter()
+        out = fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return out, best
 
 
 def load(args):
@@ -103,15 +107,13 @@ def main(argv=None):
     ap.add_argument("--naive-items", type=int, default=4, help="items timed in the naive loop")
     ap.add_argument("--naive-cells", type=int, default=0, help="cells timed in the naive loop (0: all)")
     ap.add_argument("--site", default="residual")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--repeat", type=int, default=3, help="eas phases: fastest of this many runs")
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args(argv)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     torch.manual_seed(0)
 
     model, sites, tok = load(args)
-    if args.compile:  # the engine calls the base model; compile that (shapes vary: dynamic)
-        model.base_model.forward = torch.compile(model.base_model.forward, dynamic=True)
     vocab = model.config.vocab_size
     val_rows, train_rows = make_items(args, tok, vocab)
     pad = tokens.pad_id(tok)
@@ -128,18 +130,15 @@ def main(argv=None):
     half = len(train_rows) // 2
     n_val_tokens = sum(len(r) for r in val_rows)
 
-    # warm-up (kernels, allocator, compilation), not timed
-    score.score_mc(model, val_rows[:bs], n_opts[:bs], head, bs, pad)
-    capture.capture(model, sites, train_rows[:bs], layers, args.site, ("last",), bs, pad)
-
-    # -- eas ------------------------------------------------------------
+    # -- eas (each phase: fastest of --repeat runs; the first run warms kernels and allocator) --
+    r = args.repeat
     acts, t_capture = timed(args.device, lambda: capture.capture(
-        model, sites, train_rows, layers, args.site, ("last",), bs, pad)["last"])
+        model, sites, train_rows, layers, args.site, ("last",), bs, pad)["last"], r)
     vecs = {layer: vectors.mean_difference(acts[k, :half], acts[k, half:]) for k, layer in enumerate(layers)}
     cells = [sweep.Cell(layer, s, vecs[layer]) for layer in layers for s in strengths]
-    _, t_unsteered = timed(args.device, lambda: score.score_mc(model, val_rows, n_opts, head, bs, pad))
+    _, t_unsteered = timed(args.device, lambda: score.score_mc(model, val_rows, n_opts, head, bs, pad), r)
     fast, t_sweep = timed(args.device, lambda: sweep.sweep_mc(
-        model, sites, val_rows, n_opts, head, args.site, cells, bs, cpp, pad))
+        model, sites, val_rows, n_opts, head, args.site, cells, bs, cpp, pad), r)
     t_eas = t_capture + t_sweep
     capture_tokens = sum(len(r) for r in train_rows) * (max(layers) + 1) / L
     capture_tflops = flops_per_token(model) * capture_tokens / t_capture / 1e12

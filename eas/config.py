@@ -42,6 +42,7 @@ class ModelConfig:
     device_map: str | None = None
     quantization: str = "none"
     trust_remote_code: bool = False
+    attn_implementation: str | None = None  # None: transformers' default (SDPA where available)
     layers: Any = field(default_factory=lambda: [8, 14, 20])  # the model's default layer grid
 
 
@@ -63,8 +64,9 @@ class MethodConfig:
     position: str = "last"  # last | mid | mean: where train activations are read
     normalize: bool = False  # scale each vector to unit norm (strength is then in residual units)
     min_per_class: int = 2  # fewer positives or negatives than this is an error
-    # method=cmaes only (the vector refined by experiment=cmaes): a .safetensors file or a cmaes
-    # run dir; unset = the latest one in the store refined from method `source` at the same setup
+    # method=cmaes (the vector refined by experiment=cmaes): a .safetensors file or a cmaes
+    # run dir; unset = the latest one in the store refined from method `source` at the same setup.
+    # method=probe: a probe run dir (experiment=probe) or one of its probes/*.safetensors
     vector_path: str | None = None
     source: str = "pasf"
 

@@ -347,6 +347,8 @@ def _load_pretrained(cfg: Any, dtype: torch.dtype, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+    if getattr(cfg, "attn_implementation", None):
+        kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.revision:
         kwargs["revision"] = cfg.revision
     if cfg.quantization != "none":

@@ -102,15 +102,15 @@ def capture(
                 pass
         for rule in positions:
             reduced = torch.stack(
-                [reduce_positions(seen[layer], batch.attention_mask, rule).float().cpu() for layer in layers]
+                [reduce_positions(seen[layer], batch.attention_mask, rule).float() for layer in layers]
             )
-            if out is None:
-                out = {r: torch.empty(len(layers), n, reduced.shape[-1]) for r in positions}
-            out[rule][:, batch.index, :] = reduced
+            if out is None:  # kept on the model's device until the end: no sync per batch
+                out = {r: torch.empty(len(layers), n, reduced.shape[-1], device=device) for r in positions}
+            out[rule][:, torch.as_tensor(batch.index, device=device), :] = reduced
         if progress:
             progress(len(batch.index))
     assert out is not None, "capture needs at least one text"
-    return out
+    return {rule: t.cpu() for rule, t in out.items()}
 
 
 def capture_texts(model, sites: SiteMap, tokenizer, texts: Sequence[str], layers, site, positions=("last",),

@@ -86,11 +86,19 @@ class LinearProbe:
 
 
 def fold_indices(
-    labels: ArrayLike, folds: int, groups: ArrayLike | None = None, seed: int = 0
+    labels: ArrayLike, folds: int, groups: ArrayLike | None = None, seed: int = 0,
+    strata: ArrayLike | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified k-fold splits; with ``groups`` (e.g. the item of each text of a contrast
     pair) rows of a group always land in the same fold, so a pair never straddles train
     and test.
+
+    ``strata`` (one value per row, constant within a group) replaces the labels as what is
+    balanced across folds. Contrast pairs need it: each pair holds one positive and one
+    negative, so the labels balance by themselves, while a nuisance such as which answer
+    letter is the positive one does not; if a train fold leans to "A is positive", its
+    held-out fold leans the other way, and a probe that only reads the letter scores
+    *below* chance instead of at it.
 
     Returns:
         ``folds`` pairs of ``(train_index, test_index)``.
@@ -98,6 +106,8 @@ def fold_indices(
     Raises:
         ValueError: ``folds < 2`` or more folds than the smaller class has members (groups).
     """
+    import warnings
+
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     y = np.asarray(labels).astype(int)
@@ -107,11 +117,14 @@ def fold_indices(
     if folds > smallest:
         raise ValueError(f"folds={folds} but the smaller class has only {smallest} "
                          f"{'groups' if groups is not None else 'members'}; use folds<={smallest}")
-    if groups is None:
-        splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
-        return [(tr, te) for tr, te in splitter.split(np.zeros(len(y)), y)]
-    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
-    return [(tr, te) for tr, te in splitter.split(np.zeros(len(y)), y, np.asarray(groups))]
+    target = y if strata is None else np.asarray(strata)
+    with warnings.catch_warnings():  # a stratum smaller than `folds` is balanced as well as it can be
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        if groups is None:
+            splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+            return [(tr, te) for tr, te in splitter.split(np.zeros(len(y)), target)]
+        splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+        return [(tr, te) for tr, te in splitter.split(np.zeros(len(y)), target, np.asarray(groups))]
 
 
 def _smallest_class(y: np.ndarray, groups: ArrayLike | None) -> int:
@@ -250,7 +263,7 @@ def evaluate(
     y = _y(labels, len(s))
     auc = stats.bootstrap_auroc_ci(y, s, n_resamples=n_resamples, ci=ci, seed=seed)
     acc = stats.accuracy_with_ci((s > threshold) == (y == 1), ci=ci)
-    return ProbeMetrics(auc, acc, int(len(y)), int(y.sum()))
+    return ProbeMetrics(auc, acc, len(y), int(y.sum()))
 
 
 def auroc_columns(labels: ArrayLike, scores: ArrayLike) -> np.ndarray:
@@ -440,10 +453,14 @@ def fit_ccs_layers(
     mb, sb = b.mean(1, keepdims=True), b.std(1, keepdims=True) + _EPS
     ta = torch.as_tensor((a - ma) / sa, dtype=torch.float32)  # [layer, n, d]
     tb = torch.as_tensor((b - mb) / sb, dtype=torch.float32)
+    # every layer starts from the same seeded restarts, so a layer's probe does not depend
+    # on which other layers share the batch
     gen = torch.Generator().manual_seed(seed)
     bound = 1.0 / np.sqrt(d)  # nn.Linear's default initialisation
-    w = ((torch.rand(n_layers, d, n_restarts, generator=gen) * 2 - 1) * bound).requires_grad_()
-    bias = ((torch.rand(n_layers, 1, n_restarts, generator=gen) * 2 - 1) * bound).requires_grad_()
+    w0 = (torch.rand(d, n_restarts, generator=gen) * 2 - 1) * bound
+    b0 = (torch.rand(1, n_restarts, generator=gen) * 2 - 1) * bound
+    w = w0.repeat(n_layers, 1, 1).requires_grad_()
+    bias = b0.repeat(n_layers, 1, 1).requires_grad_()
     opt = torch.optim.AdamW([w, bias], lr=lr, weight_decay=weight_decay)
 
     def losses() -> torch.Tensor:  # [layer, restart]

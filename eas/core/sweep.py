@@ -197,11 +197,13 @@ def naive_sweep_mc(
     return mask_options(out, n_options)
 
 
-def auto_batch_size(model, max_tokens: int = 512, cells_per_pass: int = 64) -> int:
+def auto_batch_size(model, max_tokens: int = 512, cells_per_pass: int = 64, token_budget: int = 16384) -> int:
     """A batch size that fits: 16 on CPU; on CUDA, from free memory and the prefix cache size.
 
     Per item the engine holds a key/value cache of ``max_tokens`` positions and the prefill
-    activations; the estimate keeps both under half of the free memory.
+    activations; the estimate keeps both under half of the free memory. Batches are also
+    capped at ``token_budget`` tokens: measured on an H100 (8B, bf16), 64 x 200-token
+    batches ran at 45% of bf16 peak end to end, 232-row batches at 27%.
     """
     device = next(model.parameters()).device
     if device.type != "cuda":
@@ -218,4 +220,19 @@ def auto_batch_size(model, max_tokens: int = 512, cells_per_pass: int = 64) -> i
     kv = 2 * n_layers * kv_heads * head_dim * (max_tokens + cells_per_pass) * elem
     act = max_tokens * (4 * d + 3 * inter) * elem + cells_per_pass * d * 4 * n_layers
     per_item = kv + act
-    return int(max(1, min(256, (free * 0.5) // per_item)))
+    by_memory = int((free * 0.5) // per_item)
+    return int(max(1, min(256, by_memory, token_budget // max(1, max_tokens))))
+
+
+def retry_on_oom(fn, batch_size: int, log=None):
+    """Call ``fn(batch_size)``; on a CUDA out-of-memory error halve the batch and try again."""
+    while True:
+        try:
+            return fn(batch_size)
+        except torch.cuda.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size = max(1, batch_size // 2)
+            torch.cuda.empty_cache()
+            if log:
+                log(f"CUDA out of memory: retrying with batch_size={batch_size}")

@@ -89,6 +89,7 @@ class CmaesJob:
         self.steer = SteerJob(cfg, out_dir)
         self.store = self.steer.store
         self._judges: dict[str, Any] = {}
+        self._prefixes: dict[str, tuple[list[list[int]], sweep_mod.PrefixCache]] = {}
 
     # -- data and fitness ---------------------------------------------------
     def rows(self, texts: list[str]) -> list[list[int]]:
@@ -98,8 +99,10 @@ class CmaesJob:
     def mc_fitness(self, layer: int, split: str, metric) -> cmaes.Fitness:
         s = self.steer
         items = s.splits[split]
-        rows = self.rows([s.prompter.mc(it) for it in items])
-        prefix = sweep_mod.prefix_cache(s.lm.model, rows, s.batch_size, s.pad)
+        if split not in self._prefixes:  # the items' prefill, once per split for every call
+            rows = self.rows([s.prompter.mc(it) for it in items])
+            self._prefixes[split] = (rows, sweep_mod.prefix_cache(s.lm.model, rows, s.batch_size, s.pad))
+        rows, prefix = self._prefixes[split]
         return cmaes.mc_fitness(s.lm.model, s.lm.sites, rows, [len(it.options) for it in items],
                                 torch.tensor([it.label for it in items]), s.head, s.site, layer, metric,
                                 prefix=prefix, batch_size=s.batch_size,

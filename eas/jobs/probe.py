@@ -38,9 +38,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from eas import contrasts, store
 from eas.config import ConfigError
-from eas.core import probes
+from eas.core import probes, stats
 from eas.core import score as score_mod
-from eas.core import stats
 from eas.data.schema import MCItem
 from eas.jobs.steer import SPLITS, SteerJob
 
@@ -79,6 +78,16 @@ class Rows:
     def pair_labels(self) -> np.ndarray:
         """``[items]`` 1 where the first member of the pair is the positive one."""
         return self.labels[self.pairs[:, 0]]
+
+    @property
+    def strata(self) -> np.ndarray | None:
+        """What folds balance besides the labels: for a trait, the letter of each item's
+        positive (pairs balance the labels by themselves; see ``probes.fold_indices``)."""
+        if self.pairs is None:
+            return None
+        positive_letter = np.empty(int(self.groups.max()) + 1, int)
+        positive_letter[self.groups[self.labels == 1]] = self.option[self.labels == 1]
+        return positive_letter[self.groups]
 
     def fingerprint(self) -> str:
         return store.key(self.target, self.texts, self.labels.tolist(), self.groups.tolist())
@@ -190,7 +199,7 @@ class ProbeJob(SteerJob):
         folds = int(self.x.folds)
         if folds >= 2:
             try:
-                splits = probes.fold_indices(rows.labels, folds, rows.groups, self.seed)
+                splits = probes.fold_indices(rows.labels, folds, rows.groups, self.seed, rows.strata)
             except ValueError as e:
                 raise contrasts.TooFewExamples(f"experiment.folds={folds}: {e} (target={rows.target}, "
                                                f"{len(set(rows.groups.tolist()))} items)") from None
@@ -207,16 +216,17 @@ class ProbeJob(SteerJob):
                         rows.split == "val", None, "train -> val (layer) -> test")
 
     # -- steps 2 and 3 ----------------------------------------------------
-    def probe_key(self, rows: Rows, pooling: str, layer: int, kinds: tuple[str, ...]) -> str:
+    def probe_key(self, rows: Rows, proto: Protocol, pooling: str, layer: int, kinds: tuple[str, ...]) -> str:
         x = self.x
-        return store.key("probe", self.base_key, rows.fingerprint(), self.site, pooling, layer, kinds,
+        folds = store.key([te.tolist() for _, te in proto.splits], proto.evaluate.tolist(), proto.select.tolist())
+        return store.key("probe", self.base_key, rows.fingerprint(), folds, self.site, pooling, layer, kinds,
                          int(x.folds), int(x.inner_folds), [float(c) for c in x.c_grid], int(x.n_random),
                          int(x.n_bootstrap), int(x.ccs_restarts), int(x.ccs_epochs), self.seed)
 
     def probe_layers(self, rows: Rows, proto: Protocol, pooling: str,
                      kinds: tuple[str, ...] = ("logreg", "mean_diff", "random", "ccs")) -> dict[int, dict]:
         """``{layer: record}`` for every requested layer; from the store where done."""
-        keys = {L: self.probe_key(rows, pooling, L, kinds) for L in self.layers}
+        keys = {L: self.probe_key(rows, proto, pooling, L, kinds) for L in self.layers}
         out = {L: self.store.get_json("probes", k) for L, k in keys.items()}
         todo = [L for L in self.layers if out[L] is None]
         if not todo:
@@ -255,7 +265,7 @@ class ProbeJob(SteerJob):
         rec: dict[str, Any] = {"n": int(ev.sum()), "n_pos": int(y[ev].sum())}
         if null is not None:
             rec["random"] = {"best": null.best, "low": null.low, "high": null.high, "mean": null.mean,
-                             "n_directions": int(len(null.null))}
+                             "n_directions": len(null.null)}
         weights: dict[str, np.ndarray] = {}
         for name in SUPERVISED:
             if name not in kinds:
@@ -274,7 +284,7 @@ class ProbeJob(SteerJob):
             }
             weights[f"{name}_weight"] = final.weight
             weights[f"{name}_bias"] = np.array([final.bias])
-        if "logreg" in weights and "mean_diff_weight" in weights:
+        if "logreg_weight" in weights and "mean_diff_weight" in weights:
             # steering-ready: the logistic direction at the scale of the mean difference (as
             # eas.core.vectors.probe_direction), so strengths compare across methods
             w = weights["logreg_weight"]
@@ -286,7 +296,7 @@ class ProbeJob(SteerJob):
         the sign of each fold's probe is set on its train labels (a reporting convention)."""
         cfg = self.x
         pairs, pl = rows.pairs, rows.pair_labels
-        kw = dict(n_restarts=int(cfg.ccs_restarts), epochs=int(cfg.ccs_epochs), seed=self.seed)
+        kw = {"n_restarts": int(cfg.ccs_restarts), "epochs": int(cfg.ccs_epochs), "seed": self.seed}
         prob = np.full((len(layers), len(pairs)), np.nan)
         fold_probes = []
         for tr, te in proto.splits:
@@ -393,11 +403,11 @@ class ProbeJob(SteerJob):
         store.write_parquet(self.out / "probe_results.parquet", df)
         self._write_scores(rows, results)
         best_pool, best_layer = self.best(results)
-        self._write_probes(rows, results)
+        self._write_probes(rows, proto, results)
 
         summary: dict[str, Any] = {
-            **meta, "poolings": self.poolings, "layers": self.layers, "n_items": int(len(set(rows.groups.tolist()))),
-            "n_rows": int(len(rows.labels)), "n_pos": int(rows.labels.sum()),
+            **meta, "poolings": self.poolings, "layers": self.layers, "n_items": len(set(rows.groups.tolist())),
+            "n_rows": len(rows.labels), "n_pos": int(rows.labels.sum()),
             "best": {"pooling": best_pool, "layer": best_layer,
                      "selected_on": "val" if proto.refit is None else "out-of-fold (all items; optimistic by the "
                                                                       "choice of layer)"},
@@ -472,7 +482,7 @@ class ProbeJob(SteerJob):
                     "accuracy_high": a.accuracy.high if a.accuracy else None}
 
         out = {
-            "threshold": t, "n": int(len(correct)), "accuracy_all": float(correct.mean()),
+            "threshold": t, "n": len(correct), "accuracy_all": float(correct.mean()),
             "probe": {**block(at), "area": probe_curve.area},
             "max_prob": {**block(base_at), "area": base_curve.area,
                          "accuracy_at_probe_coverage": base_curve.accuracy_at(at.coverage)},
@@ -494,11 +504,11 @@ class ProbeJob(SteerJob):
                     "mean_diff": np.asarray(rec["mean_diff"]["scores"], float)}))
         store.write_parquet(self.out / "probe_scores.parquet", pd.concat(frames, ignore_index=True))
 
-    def _write_probes(self, rows: Rows, results: dict) -> None:
+    def _write_probes(self, rows: Rows, proto: Protocol, results: dict) -> None:
         kinds = ("logreg", "mean_diff", "random", "ccs")
         for p in self.poolings:
             for L in self.layers:
-                w = self.store.get_tensors("vectors", self.probe_key(rows, p, L, kinds))
+                w = self.store.get_tensors("vectors", self.probe_key(rows, proto, p, L, kinds))
                 if w is None:
                     continue
                 meta = {"method": "probe", "target": rows.target, "site": self.site, "layer": str(L),
@@ -542,6 +552,9 @@ def probe_vectors(steer: SteerJob) -> dict[int, torch.Tensor]:
             if meta.get("model") not in (None, steer.lm.name):
                 raise ConfigError(f"method.vector_path: {f} was trained on model {meta.get('model')!r}, "
                                   f"not {steer.lm.name!r}")
+            if "vector" not in fh or "layer" not in meta:
+                raise ConfigError(f"method.vector_path: {f} is not a probe file of experiment=probe "
+                                  f"(no 'vector' tensor or no 'layer' in its metadata)")
             out[int(meta["layer"])] = fh.get_tensor("vector").float()
     missing = [L for L in steer.layers if L not in out]
     if missing:

@@ -124,8 +124,9 @@ class SteerJob:
             if rec is None:
                 rows = self._rows([self.prompter.mc(it) for it in items])
                 with self._bar(len(rows), f"unsteered {split}") as bar:
-                    scores = score_mod.score_mc(self.lm.model, rows, [len(it.options) for it in items],
-                                                self.head, self.batch_size, self.pad, bar.update)
+                    scores = sweep_mod.retry_on_oom(lambda bs: score_mod.score_mc(
+                        self.lm.model, rows, [len(it.options) for it in items], self.head, bs, self.pad,
+                        bar.update), self.batch_size, log.warning)
                 rec = Scored([it.id for it in items], [it.label for it in items],
                              scores.argmax(-1).tolist()).as_dict()
                 self.store.put_json("cells", k, rec)
@@ -140,6 +141,10 @@ class SteerJob:
             from eas.jobs.cmaes import refined_vectors
 
             return refined_vectors(self)
+        if self.method == "probe" and cfg.method.get("vector_path"):  # a trained probe (experiment=probe)
+            from eas.jobs.probe import probe_vectors
+
+            return probe_vectors(self)
         vkeys = {L: store.key("vector", self.base_key, self.method, self.position, self.site, L,
                               cfg.method.normalize, cfg.method.min_per_class) for L in self.layers}
         cached = {L: self.store.get_tensors("vectors", k) for L, k in vkeys.items()}
@@ -170,8 +175,9 @@ class SteerJob:
             all_layers = list(range(self.lm.sites.n_layers))
             rows = self._rows(texts)
             with self._bar(len(rows), "capture") as bar:
-                got = capture_mod.capture(self.lm.model, self.lm.sites, rows, all_layers, self.site,
-                                          (self.position,), self.batch_size, self.pad, bar.update)
+                got = sweep_mod.retry_on_oom(lambda bs: capture_mod.capture(
+                    self.lm.model, self.lm.sites, rows, all_layers, self.site, (self.position,), bs, self.pad,
+                    bar.update), self.batch_size, log.warning)
             acts = {"acts": got[self.position]}
             self.store.put_tensors("activations", k, acts)
         return {L: acts["acts"][L] for L in self.layers}
@@ -223,18 +229,10 @@ class SteerJob:
         return out
 
     def _sweep(self, rows, n_opts, cells, progress) -> torch.Tensor:
-        bs = self.batch_size
-        while True:
-            try:
-                return sweep_mod.sweep_mc(self.lm.model, self.lm.sites, rows, n_opts, self.head, self.site,
-                                          cells, batch_size=bs, cells_per_pass=int(self.cfg.get("cells_per_pass", 64)),
-                                          pad=self.pad, progress=progress)
-            except torch.cuda.OutOfMemoryError:
-                if bs == 1:
-                    raise
-                bs = max(1, bs // 2)
-                torch.cuda.empty_cache()
-                log.warning("CUDA out of memory: retrying with batch_size=%d", bs)
+        return sweep_mod.retry_on_oom(lambda bs: sweep_mod.sweep_mc(
+            self.lm.model, self.lm.sites, rows, n_opts, self.head, self.site, cells, batch_size=bs,
+            cells_per_pass=int(self.cfg.cells_per_pass), pad=self.pad, progress=progress),
+            self.batch_size, log.warning)
 
     @staticmethod
     def select(val: dict[tuple[int, float], Scored]) -> tuple[int, float] | None:

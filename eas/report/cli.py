@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from eas.report.figures import write_figures
+from eas.report.seeds import write_seed_report
 from eas.report.tables import (
     NoResultsError,
     cross_benchmark_table,
@@ -81,7 +82,9 @@ def write_report(paths: Sequence[str | Path], out: str | Path | None = None) -> 
     results.to_parquet(out / "merged_results.parquet", index=False)
     results.to_csv(out / "merged_results.csv", index=False)
     table.to_csv(out / "summary_table.csv", index=False)
-    (out / "summary_table.md").write_text(_markdown_report(table, results, _failed_cells(paths)))
+    report = _markdown_report(table, results, _failed_cells(paths))
+    seeds = write_seed_report(results, out)  # across-seed statistics when a group has >= 2 seeds
+    (out / "summary_table.md").write_text(report if seeds is None else f"{report}\n{seeds}")
     write_figures(results, out / "figures")
     return table
 

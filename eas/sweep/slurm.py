@@ -15,6 +15,8 @@ from collections.abc import Iterable
 # states of a job that has not ended (a requeued job passes through REQUEUED to PENDING)
 LIVE = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "COMPLETING",
                   "CONFIGURING", "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED"})
+# live, but not running: waiting for resources, or requeued after preemption
+QUEUED = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"})
 _ID = re.compile(r"^(?P<main>\d+)(?:_(?:(?P<task>\d+)|\[(?P<ranges>[^\]]*)\]))?$")
 
 

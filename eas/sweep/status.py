@@ -1,8 +1,8 @@
 """The state of every cell of a sweep, from its records and (where it answers) SLURM.
 
 A cell is ``done``, ``failed`` (with the error), ``running``, ``pending`` (queued
-or requeued), ``missing`` (never submitted, or SLURM forgot it before it ran) or
-``unknown`` (submitted, SLURM does not answer). A job's ``status.json`` counts
+or requeued), ``missing`` (never submitted, cancelled before it started, or
+forgotten by SLURM before it ran) or ``unknown`` (submitted, SLURM does not answer). A job's ``status.json`` counts
 only if it belongs to the job's latest submission; a record that still says
 ``running`` while SLURM says the job ended (scancel, timeout, out of memory, node
 failure) is ``failed`` with SLURM's state and the job's log.
@@ -80,10 +80,12 @@ class SweepStatus:
     def table(self, width: int = 160) -> str:
         """One line per cell: state, SLURM job, cell overrides, first line of the error."""
         rows = [("state", "job", "cell", "error")]
+        # overrides every cell shares say nothing about which cell this is
+        common = set.intersection(*(set(c.cell) for c in self.cells)) if len(self.cells) > 1 else set()
         for c in self.cells:
             err = (c.error or "").strip().splitlines()
             rows.append((c.state, c.slurm_job_id or ("" if c.num is None else f"#{c.num}"),
-                         " ".join(c.cell) or "(no overrides)", err[-1] if err else ""))
+                         " ".join(o for o in c.cell if o not in common) or "(no overrides)", err[-1] if err else ""))
         w = [max(len(r[i]) for r in rows) for i in range(3)]
         return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}"[:width].rstrip() for r in rows)
 
@@ -91,6 +93,11 @@ class SweepStatus:
         return {"sweep_dir": str(self.sweep_dir), "counts": {s: self.count(s) for s in STATES},
                 "slurm_answered": self.slurm_answered, "cells": [asdict(c) for c in self.cells],
                 "jobs": [asdict(j) for j in self.jobs]}
+
+
+def _same_job(recorded: str | None, submitted: str) -> bool:
+    """A one-task array (``12``) runs as ``12_0`` inside the job."""
+    return recorded is None or recorded == submitted or recorded == f"{submitted}_0"
 
 
 def _log_hint(manifest: dict | None, slurm_job_id: str | None) -> str:
@@ -111,7 +118,7 @@ def resolve_job(job: dict, rec: dict | None, slurm_state: str | None, manifest: 
     sid = job.get("slurm_job_id")
     st = JobState(job.get("num"), list(job.get("overrides") or []), [list(c) for c in job.get("cells") or []],
                   "missing", sid, slurm_state)
-    current = rec is not None and (sid is None or rec.get("slurm_job_id") in (None, sid))
+    current = rec is not None and (sid is None or _same_job(rec.get("slurm_job_id"), sid))
     if current:
         st.job_dir = rec.get("job_dir")
         state = rec.get("state")
@@ -119,7 +126,7 @@ def resolve_job(job: dict, rec: dict | None, slurm_state: str | None, manifest: 
             st.state, st.error = state, rec.get("error")
             st.failed_cells = list(rec.get("failed_cells") or [])
         elif slurm.is_live(slurm_state):
-            st.state = "running" if slurm_state == "RUNNING" and state == "running" else "pending"
+            st.state = "pending" if slurm_state in slurm.QUEUED else "running"
         elif slurm_state is None or not sid:
             # no scheduler to ask: trust the record (a local job that died stays "running")
             st.state = "running" if state == "running" else "failed"
@@ -130,12 +137,15 @@ def resolve_job(job: dict, rec: dict | None, slurm_state: str | None, manifest: 
                         + (f" ({rec['error']})" if rec.get("error") else "") + _log_hint(manifest, sid))
     elif sid:
         if slurm.is_live(slurm_state):
-            st.state = "running" if slurm_state == "RUNNING" else "pending"
+            st.state = "pending" if slurm_state in slurm.QUEUED else "running"
         elif slurm_state is None:
             st.state = "unknown"
             st.error = "SLURM does not answer (squeue/sacct)"
         elif slurm_state == "UNKNOWN":
             st.state = "missing"
+        elif slurm_state == "CANCELLED":
+            st.state = "missing"
+            st.error = f"SLURM job {sid} was cancelled before the cell started"
         else:
             st.state = "failed"
             st.error = f"SLURM job {sid} ended {slurm_state} before the job recorded a status" + _log_hint(manifest, sid)
