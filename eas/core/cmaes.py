@@ -216,7 +216,7 @@ class Generation:
         f = self.fitness
         return {"generation": self.generation, "best": float(f.max()), "mean": float(f.mean()),
                 "median": float(np.median(f)), "worst": float(f.min()), "centre": self.centre_fitness,
-                "best_so_far": self.best_so_far, "sigma": self.sigma, "n_evaluations": int(len(f)) + 1,
+                "best_so_far": self.best_so_far, "sigma": self.sigma, "n_evaluations": len(f) + 1,
                 "seconds": self.seconds}
 
 

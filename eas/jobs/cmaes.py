@@ -2,9 +2,10 @@
 
 1. the steer job's steps 1-4 (``SteerJob``: load, unsteered scores, extracted vectors, the
    layer x strength grid on val); the best extracted cell on val is the start;
-2. the search space: the top ``k`` principal components of the train prompts'
-   activations at that layer (+ log-strength); the start point is the extracted vector's
-   projection;
+2. the search space: the top ``k`` principal components, at that layer, of the train
+   activations the vector was extracted from (the contrast's positives and negatives), plus
+   optionally a log-strength; the start point is the extracted vector's projection (the
+   whole vector for mean-difference methods once ``k`` reaches the activations' rank);
 3. generations: ask ``popsize`` candidates, score all of them and the distribution mean
    with one fitness call (for the MC fitnesses: one call of the fast engine over a prefix
    cache computed once), tell; after every generation the optimiser state and the history
@@ -37,12 +38,11 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from eas import models, store
+from eas import contrasts, models, store
 from eas.config import ConfigError, ModelConfig
-from eas.core import cmaes
+from eas.core import cmaes, tokens
 from eas.core import judge as judge_mod
 from eas.core import sweep as sweep_mod
-from eas.core import tokens
 from eas.data.schema import MCItem
 from eas.jobs.steer import SteerJob
 
@@ -101,7 +101,9 @@ class CmaesJob:
         items = s.splits[split]
         if split not in self._prefixes:  # the items' prefill, once per split for every call
             rows = self.rows([s.prompter.mc(it) for it in items])
-            self._prefixes[split] = (rows, sweep_mod.prefix_cache(s.lm.model, rows, s.batch_size, s.pad))
+            prefix = sweep_mod.retry_on_oom(lambda bs: sweep_mod.prefix_cache(s.lm.model, rows, bs, s.pad),
+                                            s.batch_size, log.warning)
+            self._prefixes[split] = (rows, prefix)
         rows, prefix = self._prefixes[split]
         return cmaes.mc_fitness(s.lm.model, s.lm.sites, rows, [len(it.options) for it in items],
                                 torch.tensor([it.label for it in items]), s.head, s.site, layer, metric,
@@ -126,19 +128,26 @@ class CmaesJob:
 
         if "local" not in self._judges:
             j, s = self.x.judge, self.steer
-            if j.model == "same":
+            spec = self.judge_model_spec()
+            if spec is None:
                 model, tok = s.lm.model, s.lm.tokenizer
             else:
-                preset = CONF_DIR / "model" / f"{j.model}.yaml"
-                if not preset.exists():
-                    names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
-                    raise ConfigError(f"experiment.judge.model={j.model!r}: no conf/model preset of that name; "
-                                      f"use 'same' or one of: {', '.join(names)}")
-                spec = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(preset))
                 lm = models.load(spec, seed=self.cfg.seed)
                 model, tok = lm.model, lm.tokenizer
             self._judges["local"] = LocalJudge(model, tok, j.rubric, self.cfg.prompt.format, s.batch_size)
         return self._judges["local"]
+
+    def judge_model_spec(self) -> DictConfig | None:
+        """The local judge's ModelConfig from its conf/model preset; None for ``same``."""
+        name = self.x.judge.model
+        if name == "same":
+            return None
+        preset = CONF_DIR / "model" / f"{name}.yaml"
+        if not preset.exists():
+            names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+            raise ConfigError(f"experiment.judge.model={name!r}: no conf/model preset of that name; "
+                              f"use 'same' or one of: {', '.join(names)}")
+        return OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(preset))
 
     def api_judge(self):
         from eas.judges import ApiJudge
@@ -179,8 +188,10 @@ class CmaesJob:
     def run(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         cfg, x, job = self.cfg, self.x, self.steer
-        if x.fitness == "api_judge":
-            self.api_judge()  # no key: fail before the model is loaded
+        if x.fitness == "api_judge":  # no key or no such judge model: fail before loading the model
+            self.api_judge()
+        if x.fitness == "judge":
+            self.judge_model_spec()
         job.load()
         base = job.unsteered()
         vecs = job.vectors(base["train"])
@@ -193,7 +204,11 @@ class CmaesJob:
         log.info("start: %s vector at layer %d, strength %g (val accuracy %.3f)", job.method, layer, strength0,
                  val_grid[start].accuracy)
 
-        train_acts = job.activations([job.prompter.mc(it) for it in job.splits["train"]])[layer]
+        # the activations the vector was extracted from (store hits: vectors() captured them)
+        contrast = contrasts.build(job.method, job.splits["train"], base["train"].preds, job.prompter,
+                                   seed=cfg.seed, min_per_class=cfg.method.min_per_class)
+        train_acts = torch.cat([job.activations(contrast.positives)[layer],
+                                job.activations(contrast.negatives)[layer]])
         space = cmaes.Space.from_activations(train_acts, vecs[layer], int(x.k), strength0,
                                              bool(x.optimize_strength))
         if space.k < x.k:

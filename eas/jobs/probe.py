@@ -400,6 +400,11 @@ class ProbeJob(SteerJob):
         df = df.astype({c: "float64" for c in ("auroc", "auroc_low", "auroc_high", "accuracy", "accuracy_low",
                                                "accuracy_high", "select_auroc", "p_random", "random_best", "c",
                                                "logreg_pair_accuracy", "ccs_fraction", "auroc_drop")})
+        # the best of many layers (and poolings) is a multiple comparison: Holm over all of them
+        df["p_random_holm"] = np.nan
+        for name in SUPERVISED:
+            m = (df["probe"] == name).to_numpy()
+            df.loc[m, "p_random_holm"] = stats.holm(df.loc[m, "p_random"].to_numpy(float))
         store.write_parquet(self.out / "probe_results.parquet", df)
         self._write_scores(rows, results)
         best_pool, best_layer = self.best(results)
@@ -416,6 +421,9 @@ class ProbeJob(SteerJob):
         for name in SUPERVISED:
             summary["best"][name] = {k: rec[name][k] for k in ("auroc", "auroc_low", "auroc_high", "accuracy",
                                                               "accuracy_low", "accuracy_high", "p_random", "c")}
+            at = df[(df["probe"] == name) & (df["pooling"] == best_pool) & (df["layer"] == best_layer)]
+            summary["best"][name]["p_random_holm"] = float(at["p_random_holm"].iloc[0])
+        summary["best"]["n_compared"] = len(self.poolings) * len(self.layers)
         summary["best"]["random"] = rec.get("random")
         if "ccs" in rec:
             lr_pair = pair_accuracy(rec["logreg"]["scores"], rows, proto)
@@ -486,6 +494,8 @@ class ProbeJob(SteerJob):
             "probe": {**block(at), "area": probe_curve.area},
             "max_prob": {**block(base_at), "area": base_curve.area,
                          "accuracy_at_probe_coverage": base_curve.accuracy_at(at.coverage)},
+            # thresholds are not comparable across scores; coverage is
+            "at_half_coverage": {"probe": probe_curve.accuracy_at(0.5), "max_prob": base_curve.accuracy_at(0.5)},
         }
         curves = {"probe": probe_curve, "max_prob": base_curve, "threshold_point": (at.coverage, out["probe"]["accuracy"])}
         frames = [pd.DataFrame({"score": name, "threshold": c.threshold, "coverage": c.coverage, "accuracy": c.accuracy})

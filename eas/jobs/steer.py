@@ -166,21 +166,33 @@ class SteerJob:
         return out
 
     def activations(self, texts: list[str]) -> dict[int, torch.Tensor]:
-        """``{layer: [text, d_model]}`` at the site and position; every layer of the model is
-        captured on a miss, so other jobs of the sweep (other layers) find them cached."""
-        k = store.key("acts", self.lm.fingerprint, texts, self.prompter.add_special_tokens, self.site,
-                      self.position)
-        acts = self.store.get_tensors("activations", k)
-        if acts is None:
-            all_layers = list(range(self.lm.sites.n_layers))
-            rows = self._rows(texts)
-            with self._bar(len(rows), "capture") as bar:
-                got = sweep_mod.retry_on_oom(lambda bs: capture_mod.capture(
-                    self.lm.model, self.lm.sites, rows, all_layers, self.site, (self.position,), bs, self.pad,
-                    bar.update), self.batch_size, log.warning)
-            acts = {"acts": got[self.position]}
-            self.store.put_tensors("activations", k, acts)
-        return {L: acts["acts"][L] for L in self.layers}
+        """``{layer: [text, d_model]}`` at the site and position.
+
+        Every layer of the model is captured on a miss, so other jobs of the sweep (other
+        layers) find them cached. Texts are captured in shards of ``capture_shard_size``, each
+        its own content-addressed record written when done: a large capture streams to disk,
+        and a killed one resumes at the first missing shard.
+        """
+        size = max(1, int(self.cfg.get("capture_shard_size", 2048)))
+        shards = []
+        todo = [texts[i:i + size] for i in range(0, len(texts), size)]
+        with self._bar(len(texts), "capture") as bar:
+            for part in todo:
+                k = store.key("acts", self.lm.fingerprint, part, self.prompter.add_special_tokens, self.site,
+                              self.position)
+                acts = self.store.get_tensors("activations", k)
+                if acts is None:
+                    rows = self._rows(part)
+                    got = sweep_mod.retry_on_oom(lambda bs, rows=rows: capture_mod.capture(
+                        self.lm.model, self.lm.sites, rows, list(range(self.lm.sites.n_layers)), self.site,
+                        (self.position,), bs, self.pad, bar.update), self.batch_size, log.warning)
+                    acts = {"acts": got[self.position]}
+                    self.store.put_tensors("activations", k, acts)
+                else:
+                    bar.update(len(part))
+                shards.append(acts["acts"][self.layers])
+        stacked = torch.cat(shards, dim=1)  # [requested layer, text, d_model]
+        return {L: stacked[j] for j, L in enumerate(self.layers)}
 
     # -- step 4 and 5 -----------------------------------------------------
     def cell_key(self, layer: int, strength: float, split: str) -> str:

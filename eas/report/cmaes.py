@@ -48,23 +48,28 @@ def fitness_curve(history: pd.DataFrame, path: str | Path | None = None, extract
     return fig
 
 
-GAP_COLUMNS = ["benchmark", "model", "method", "layer", "fitness", "generations", "val_extracted",
-               "val_refined", "val_gap", "test_extracted", "test_refined", "test_gap", "cosine", "n_test"]
+GAP_COLUMNS = ["benchmark", "model", "method", "layer", "fitness", "k", "popsize", "sigma0", "generations",
+               "val_extracted", "val_refined", "val_gap", "test_extracted", "test_refined", "test_gap",
+               "val_fitness_gap", "test_fitness_gap", "cosine", "n_test"]
 
 
 def gap_table(summaries: Sequence[dict]) -> pd.DataFrame:
     """One row per cmaes run: accuracy of the extracted and the refined vector on val and test,
-    the gaps (refined - extracted) and the cosine between the two vectors."""
+    the gaps (refined - extracted) in accuracy and in the run's fitness, and the cosine
+    between the two vectors."""
     rows = []
     for s in summaries:
         e, r = s["extracted"], s["refined"]
         rows.append({
             "benchmark": s["benchmark"], "model": s["model"], "method": s["method"], "layer": s["layer"],
-            "fitness": s["fitness"], "generations": s["generations"],
+            "fitness": s["fitness"], "k": s.get("k"), "popsize": s.get("popsize"), "sigma0": s.get("sigma0"),
+            "generations": s["generations"],
             "val_extracted": e["val"]["accuracy"], "val_refined": r["val"]["accuracy"],
             "val_gap": r["val"]["accuracy"] - e["val"]["accuracy"],
             "test_extracted": e["test"]["accuracy"], "test_refined": r["test"]["accuracy"],
             "test_gap": r["test"]["accuracy"] - e["test"]["accuracy"],
+            "val_fitness_gap": r["val"].get("fitness", float("nan")) - e["val"].get("fitness", float("nan")),
+            "test_fitness_gap": r["test"].get("fitness", float("nan")) - e["test"].get("fitness", float("nan")),
             "cosine": s["cosine"]["refined_vs_extracted"], "n_test": s["n"]["test"],
         })
     df = pd.DataFrame(rows, columns=GAP_COLUMNS)

@@ -156,9 +156,10 @@ def headline_rows(summary: dict) -> pd.DataFrame:
     rows = []
     for name in ("logreg", "mean_diff"):
         r = b[name]
-        rows.append({"experiment": exp, "metric": f"{name} AUROC; p: vs {n_rnd} random directions",
+        rows.append({"experiment": exp, "metric": f"{name} AUROC; p: vs {n_rnd} random directions, "
+                                                  f"holm over {b.get('n_compared', 1)} layer(s)",
                      "value": _v(r["auroc"]), "95% CI": fmt_ci(r["auroc_low"], r["auroc_high"]),
-                     "p-value": fmt_p(r["p_random"])})
+                     "p-value": fmt_p(r["p_random"], r.get("p_random_holm"), "holm")})
         rows.append({"experiment": exp, "metric": f"{name} accuracy", "value": _v(r["accuracy"]),
                      "95% CI": fmt_ci(r["accuracy_low"], r["accuracy_high"]), "p-value": ""})
     if rnd:
@@ -193,6 +194,10 @@ def headline_rows(summary: dict) -> pd.DataFrame:
                      "p-value": ""})
         rows.append({"experiment": exp, "metric": "max-prob baseline at the same coverage",
                      "value": _v(m["accuracy_at_probe_coverage"]), "95% CI": "", "p-value": ""})
+        half = a.get("at_half_coverage")
+        if half:
+            rows.append({"experiment": exp, "metric": "accuracy at 50% coverage: probe vs max prob",
+                         "value": f"{_v(half['probe'])} vs {_v(half['max_prob'])}", "95% CI": "", "p-value": ""})
         rows.append({"experiment": exp, "metric": "area under accuracy-coverage: probe vs max prob",
                      "value": f"{_v(p['area'])} vs {_v(m['area'])}", "95% CI": "", "p-value": ""})
     return pd.DataFrame(rows, columns=list(HEADLINE_COLUMNS))
@@ -211,7 +216,7 @@ def layer_table(df: pd.DataFrame) -> pd.DataFrame:
         for name in ("logreg", "mean_diff"):
             r = by[name]
             row[f"{name} AUROC [95% CI]"] = f"{r['auroc']:.3f} {fmt_ci(r['auroc_low'], r['auroc_high'])}"
-            row[f"{name} p_random"] = fmt_p(r["p_random"])
+            row[f"{name} p_random (holm)"] = fmt_p(r["p_random"], r.get("p_random_holm"), "holm").replace("holm ", "")
         r = by["logreg"]
         row["logreg acc [95% CI]"] = f"{r['accuracy']:.3f} {fmt_ci(r['accuracy_low'], r['accuracy_high'])}"
         rnd = by.get("random")
@@ -236,7 +241,8 @@ def summary_markdown(summary: dict, df: pd.DataFrame) -> str:
         (f"{summary['n_items']} items, {summary['n_rows']} rows ({summary['n_pos']} positive); evaluation: "
          f"{summary['evaluation']}; best layer chosen on {b['selected_on']}. AUROC CIs: stratified "
          f"bootstrap; accuracy CIs: Wilson; p_random: empirical p-value of the probe's AUROC among "
-         f"random unit directions (each signed in its favour, so conservative)."),
+         f"random unit directions (each signed in its favour, so conservative), in brackets Holm-adjusted "
+         f"over the {b.get('n_compared', 1)} (pooling, layer) cells compared."),
         "",
         headline_table(headline_rows(summary)),
         "",

@@ -43,7 +43,8 @@ def _report_job_live(st: SweepStatus) -> bool:
 
 def status(sweep_dir: Path, wait: bool, poll_s: float, as_json: bool) -> int:
     st = sweep_status(sweep_dir)
-    while wait and (st.live or _report_job_live(st)):
+    # only SLURM can tell that a "running" job died: without it, waiting could be forever
+    while wait and st.slurm_answered and (st.live or _report_job_live(st)):
         time.sleep(poll_s)
         st = sweep_status(sweep_dir)
     if as_json:
@@ -79,7 +80,7 @@ def resume(sweep_dir: Path, detach: bool | None, overrides: list[str]) -> int:
     argv = [sys.executable, "-m", "eas.cli", "-m", *hydra_overrides, *cmd["task_overrides"],
             f"hydra.sweep.dir={_quote(str(sweep_dir.resolve()))}", *overrides]
     print("eas-sweep: " + " ".join(argv[1:]), flush=True)
-    return subprocess.run(argv, cwd=cmd["cwd"], env={**os.environ, **cmd.get("env", {})}).returncode
+    return subprocess.run(argv, check=False, cwd=cmd["cwd"], env={**os.environ, **cmd.get("env", {})}).returncode
 
 
 def _parser() -> argparse.ArgumentParser:

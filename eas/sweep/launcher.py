@@ -37,7 +37,7 @@ from omegaconf import OmegaConf
 
 from eas.sweep import records, slurm
 from eas.sweep.pack import PACK_KEYS, pack
-from eas.sweep.status import resolve_job
+from eas.sweep.status import LIVE, sweep_status
 
 log = logging.getLogger("eas")
 
@@ -95,7 +95,7 @@ class SweepLauncher:
         hydra_overrides = [o for o in cfg.hydra.overrides.hydra
                            if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))]
         return {
-            "version": 1, "created": records._now(), "sweep_dir": str(sweep_dir),
+            "version": 1, "created": records.now(), "sweep_dir": str(sweep_dir),
             "launcher": "slurm", "submitit_folder": str(Path(self.params["submitit_folder"]).resolve()),  # type: ignore[attr-defined]
             "command": {"cwd": os.getcwd(), "hydra_overrides": list(hydra_overrides),
                         "task_overrides": list(cfg.hydra.overrides.task),
@@ -108,6 +108,9 @@ class SweepLauncher:
         from hydra.core.utils import JobReturn, JobStatus
 
         opts = self.sweep_opts
+        if not slurm.available():
+            raise RuntimeError("hydra/launcher=slurm needs SLURM's commands (sbatch, squeue) on PATH; to try eas "
+                               "on SLURM on this machine see launchers/slurm/README.md (cluster.sh start DIR)")
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()  # type: ignore[attr-defined]
         sweep_dir.mkdir(parents=True, exist_ok=True)
         manifest = records.read_manifest(sweep_dir) or self._new_manifest(sweep_dir)
@@ -128,9 +131,12 @@ class SweepLauncher:
                     f"{sweep_dir} holds another sweep: its job {num} ran {entry['overrides']}, this one would "
                     f"run {job.overrides}; launch into a new hydra.sweep.dir")
             todo.append(entry)
-        if any(e["submissions"] for e in todo):  # a re-launch: leave finished and live jobs alone
-            todo = self._reconcile(sweep_dir, manifest, todo)
         records.write_manifest(sweep_dir, manifest)
+        if any(e["submissions"] for e in todo):  # a re-launch: leave finished and live jobs alone
+            states = {j.num: j.state for j in sweep_status(sweep_dir).jobs}
+            for e in [e for e in todo if states.get(e["num"]) in ("done", *LIVE)]:
+                log.info("\t#%d : %s (%s, not resubmitted)", e["num"], " ".join(e["overrides"]), states[e["num"]])
+                todo.remove(e)
         n_cells = sum(len(e["cells"]) for e in todo)
         log.info("sweep %s: submitting %d job(s) for %d cell(s)", sweep_dir, len(todo), n_cells)
         if not todo:
@@ -160,21 +166,6 @@ class SweepLauncher:
                     for e, j in submitted]
         return self._wait(submitted, float(opts.get("poll_s", 10.0)))
 
-    def _reconcile(self, sweep_dir: Path, manifest: dict, entries: list[dict]) -> list[dict]:
-        from eas.sweep.status import LIVE
-
-        recs = {r.get("num"): r for r in records.find_status_records(sweep_dir)}
-        ids = [e["slurm_job_id"] for e in entries if e.get("slurm_job_id")]
-        states = slurm.job_states(ids) or {}
-        todo = []
-        for e in entries:
-            st = resolve_job(e, recs.get(e["num"]), states.get(e.get("slurm_job_id") or ""), manifest)
-            if st.state == "done" or st.state in LIVE:
-                log.info("\t#%d : %s (%s, not resubmitted)", e["num"], " ".join(e["overrides"]), st.state)
-            else:
-                todo.append(e)
-        return todo
-
     def _submit_report_job(self, sweep_dir: Path, manifest: dict, jobs: list) -> None:
         """A small job that runs ``finalize`` once every array of this launch has ended."""
         from eas.sweep.report import finalize
@@ -195,15 +186,20 @@ class SweepLauncher:
         here (its cell's state comes from its record and SLURM at the end of the sweep)."""
         pending = {e["num"]: (e, j) for e, j in submitted}
         out = {}
+        ended_once: set[int] = set()
         try:
             while True:
                 states = slurm.job_states([j.job_id for _, j in pending.values()]) or {}
                 for num, (e, j) in list(pending.items()):
                     has_result = j.paths.result_pickle.exists()
                     state = states.get(j.job_id)
-                    if has_result or (state is not None and state != "UNKNOWN" and not slurm.is_live(state)):
+                    ended = state is not None and not slurm.is_live(state)
+                    # without accounting, an ended job is UNKNOWN: believe it on the second look
+                    if has_result or (ended and (state != "UNKNOWN" or num in ended_once)):
                         out[num] = self._job_return(e, j, has_result, state)
                         del pending[num]
+                    elif ended:
+                        ended_once.add(num)
                 if not pending:
                     break
                 time.sleep(poll_s)

@@ -28,7 +28,7 @@ STATUS = "status.json"
 ENV_KEYS = ("EAS_STORE", "EAS_OUTPUTS")
 
 
-def _now() -> str:
+def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
@@ -67,13 +67,13 @@ class JobRecord:
         self.failed = False
         self.rec: dict[str, Any] = {
             "state": "running", "num": num, "overrides": overrides, "job_dir": str(Path(job_dir).resolve()),
-            "slurm_job_id": slurm_job_id(), "attempt": int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0),
-            "host": socket.gethostname(), "pid": os.getpid(), "started": _now(),
+            "slurm_job_id": slurm_job_id(), "attempt": int(os.environ.get("SLURM_RESTART_COUNT") or 0),
+            "host": socket.gethostname(), "pid": os.getpid(), "started": now(),
         }
         self._t0 = time.monotonic()
 
     def _finish(self, state: str, **fields: Any) -> None:
-        self.rec.update(state=state, ended=_now(), seconds=round(time.monotonic() - self._t0, 3), **fields)
+        self.rec.update(state=state, ended=now(), seconds=round(time.monotonic() - self._t0, 3), **fields)
         _write(self.path, self.rec)
 
     def done(self, summary: dict | None) -> None:
@@ -149,7 +149,7 @@ def read_manifest(sweep_dir: Path) -> dict | None:
 
 
 def write_manifest(sweep_dir: Path, manifest: dict) -> None:
-    manifest["updated"] = _now()
+    manifest["updated"] = now()
     _write(Path(sweep_dir) / MANIFEST, manifest)
 
 

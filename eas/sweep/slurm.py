@@ -21,12 +21,12 @@ _ID = re.compile(r"^(?P<main>\d+)(?:_(?:(?P<task>\d+)|\[(?P<ranges>[^\]]*)\]))?$
 
 
 def available() -> bool:
-    return shutil.which("squeue") is not None
+    return all(shutil.which(c) is not None for c in ("sbatch", "squeue"))
 
 
 def _run(cmd: list[str], timeout: float = 30) -> str | None:
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout if out.returncode == 0 else None
@@ -92,5 +92,5 @@ def is_live(state: str | None) -> bool:
 def max_array_size(default: int = 1001) -> int:
     """The cluster's MaxArraySize (array task ids run from 0 to MaxArraySize - 1)."""
     out = _run(["scontrol", "show", "config"])
-    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out or "", re.M)
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out or "", re.MULTILINE)
     return int(m.group(1)) if m else default

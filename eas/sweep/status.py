@@ -100,6 +100,10 @@ def _same_job(recorded: str | None, submitted: str) -> bool:
     return recorded is None or recorded == submitted or recorded == f"{submitted}_0"
 
 
+def _ended(sid: str, state: str) -> str:
+    return f"SLURM job {sid} " + ("is no longer queued or running" if state == "UNKNOWN" else f"ended {state}")
+
+
 def _log_hint(manifest: dict | None, slurm_job_id: str | None) -> str:
     folder = (manifest or {}).get("submitit_folder")
     if not folder or not slurm_job_id:
@@ -133,7 +137,7 @@ def resolve_job(job: dict, rec: dict | None, slurm_state: str | None, manifest: 
             st.error = rec.get("error") if state != "running" else None
         else:
             st.state = "failed"
-            st.error = (f"SLURM job {sid} ended {slurm_state} while running"
+            st.error = (f"{_ended(sid, slurm_state)} while running"
                         + (f" ({rec['error']})" if rec.get("error") else "") + _log_hint(manifest, sid))
     elif sid:
         if slurm.is_live(slurm_state):
@@ -148,7 +152,7 @@ def resolve_job(job: dict, rec: dict | None, slurm_state: str | None, manifest: 
             st.error = f"SLURM job {sid} was cancelled before the cell started"
         else:
             st.state = "failed"
-            st.error = f"SLURM job {sid} ended {slurm_state} before the job recorded a status" + _log_hint(manifest, sid)
+            st.error = f"{_ended(sid, slurm_state)} before the job recorded a status" + _log_hint(manifest, sid)
     if st.cells == [] and st.overrides is not None:
         st.cells = [st.overrides]
     return st
@@ -180,6 +184,16 @@ def _cell_states(job: JobState) -> list[CellState]:
     return out
 
 
+def latest_records(sweep_dir: Path) -> dict[int | str, dict]:
+    """Each job's status record, keyed by job number (by job dir when a job has none)."""
+    recs: dict[int | str, dict] = {}
+    for rec in records.find_status_records(sweep_dir):
+        k = rec.get("num") if rec.get("num") is not None else rec.get("job_dir")
+        if k not in recs or str(rec.get("started", "")) >= str(recs[k].get("started", "")):
+            recs[k] = rec
+    return recs
+
+
 def sweep_status(sweep_dir: str | Path, ask_slurm: bool = True) -> SweepStatus:
     """Resolve every job and cell of a sweep dir.
 
@@ -188,11 +202,7 @@ def sweep_status(sweep_dir: str | Path, ask_slurm: bool = True) -> SweepStatus:
     """
     sweep_dir = Path(sweep_dir)
     manifest = records.read_manifest(sweep_dir)
-    recs: dict[int | str, dict] = {}
-    for rec in records.find_status_records(sweep_dir):
-        k = rec.get("num") if rec.get("num") is not None else rec.get("job_dir")
-        if k not in recs or str(rec.get("started", "")) >= str(recs[k].get("started", "")):
-            recs[k] = rec
+    recs = latest_records(sweep_dir)
     if manifest is not None:
         jobs = manifest.get("jobs", [])
     else:

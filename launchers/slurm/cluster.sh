@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A single-node SLURM cluster with accounting, on this machine, for trying eas
 # on SLURM and for the integration tests. Needs root and the packages from
-# launchers/slurm/install.sh; installs nothing and touches nothing outside
-# STATE_DIR (private munge socket, private MariaDB socket, its own ports).
+# launchers/slurm/install.sh; installs nothing. Everything lives in STATE_DIR
+# (configs, logs, MariaDB on a private socket, spool) and uses free ports,
+# except munged: SLURM's clients only find it at /run/munge, so a running one
+# is reused, else one is started there (and stopped by `stop`).
 #
 #   launchers/slurm/cluster.sh start  STATE_DIR   # ~15 s; prints the export line
 #   eval "$(launchers/slurm/cluster.sh env STATE_DIR)"   # SLURM_CONF for sbatch, eas, ...
@@ -108,6 +110,10 @@ start() {
   [ "$(id -u)" -eq 0 ] || die "must run as root (the daemons run as root: SlurmUser=root)"
   if running; then echo "export SLURM_CONF=$conf"; return 0; fi
   stop_daemons
+  if [ -d "$state" ] && [ -n "$(ls -A "$state")" ] && [ ! -f "$conf" ]; then
+    die "$state is not empty and holds no cluster state (slurm.conf): give a new or empty STATE_DIR"
+  fi
+  # a fresh start: job ids restart at 1, so give each sweep a fresh submitit folder
   rm -rf "$state"
   mkdir -p "$state"/{munge,mysql,mysqld,log,run,ctld,spool}
   chmod 700 "$state/munge"

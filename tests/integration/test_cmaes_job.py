@@ -17,8 +17,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 EAS = REPO / ".venv" / "bin" / "eas"
-ARGS = ["experiment=cmaes", "max_sample_size=60", "layer=14", "strength=[4,8]", "experiment.k=16",
-        "experiment.popsize=8", "experiment.generations=4", "progress=false"]
+# 40 items (16 train / 12 val / 12 test) keep the three runs near 90 s on two CPU cores
+ARGS = ["experiment=cmaes", "method=mean_diff", "max_sample_size=40", "layer=14", "strength=[4,8]",
+        "experiment.k=16", "experiment.popsize=8", "experiment.generations=4", "progress=false"]
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +29,8 @@ def _env(root: Path) -> dict:
 
 
 def _run(root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(EAS), *ARGS], env=_env(root), capture_output=True, text=True, timeout=600)
+    return subprocess.run([str(EAS), *ARGS], env=_env(root), capture_output=True, text=True, timeout=600,
+                          check=False)
 
 
 def _run_dir(root: Path) -> Path:
@@ -50,7 +52,7 @@ def test_cmaes_runs_and_resumes_after_sigkill(tmp_path):
     s = json.loads((run_a / "summary.json").read_text())
     assert s["experiment"] == "cmaes" and s["generations"] == 4 and s["k"] == 16
     assert s["fitness_curve"]["end"] >= s["fitness_curve"]["start"]
-    assert 0 <= s["refined"]["test"]["accuracy"] <= 1 and s["n"]["test"] == 18
+    assert 0 <= s["refined"]["test"]["accuracy"] <= 1 and s["n"]["test"] == 12
     for f in ("figures/fitness_curve.png", "vectors/cmaes_residual_L14.safetensors", "manifest.json",
               "components.csv"):
         assert (run_a / f).exists(), f

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
 import pytest
 
 EAS = str(Path(sys.executable).with_name("eas"))
@@ -97,3 +98,29 @@ def test_job_that_dies_keeps_finished_cells(tmp_path, monkeypatch):
     s2 = SteerJob(cfg, tmp_path / "run2").run()
     assert s2["failed_cells"] == []
     assert calls == [2], f"re-run recomputed finished cells: {calls}"
+
+
+def test_sharded_capture_gives_the_same_vectors(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from eas import config as config_mod
+    from eas.cli import CONF_DIR
+    from eas.jobs.steer import SteerJob
+
+    config_mod.register()
+    vecs = {}
+    for size in (7, 2048):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            cfg = compose("config", overrides=["model=tiny_random", "benchmark=eas_facts", "max_sample_size=50",
+                                               "layer=[1,3]", f"capture_shard_size={size}", "progress=false",
+                                               f"store.root={tmp_path / str(size)}"])
+        job = SteerJob(cfg, tmp_path / f"run{size}")
+        job.load()
+        vecs[size] = job.vectors(job.unsteered()["train"])
+        shards = list((tmp_path / str(size) / "activations").rglob("*.safetensors"))
+        # positives and negatives: one record each unsharded, several with 7 texts a shard
+        assert len(shards) == 2 if size == 2048 else len(shards) >= 3, shards
+    for layer in (1, 3):
+        torch.testing.assert_close(vecs[7][layer], vecs[2048][layer], atol=1e-5, rtol=1e-4)

@@ -258,7 +258,7 @@ def _cfg_plain(overrides):
 
 # -- judges -------------------------------------------------------------------------------
 def test_steered_generation_and_local_judge(engine, tokenizer):
-    model, sites, rows, head, pad = engine
+    model, sites, rows, _, pad = engine
     tok = tokenizer
     deltas = torch.stack([torch.zeros(64), torch.randn(64, generator=torch.Generator().manual_seed(0)) * 20])
     got = judge.generate_steered(model, sites, rows[:2], 1, "residual", deltas, max_new_tokens=4, pad=pad, eos=[])
@@ -307,3 +307,15 @@ def test_gap_table_columns():
     assert list(df["benchmark"]) == ["a", "b"]
     np.testing.assert_allclose(df["val_gap"], [0.1, 0.2])
     np.testing.assert_allclose(df["test_gap"], [0.1, -0.1])
+
+
+def test_job_with_the_local_judge_fitness(tmp_path):
+    cfg = _cfg(tmp_path, "j", "experiment.fitness=judge", "experiment.popsize=2", "experiment.generations=2",
+               "experiment.judge.n_prompts=2", "experiment.judge.max_new_tokens=3", "experiment.k=3")
+    s = cmaes_job.run(cfg, tmp_path / "j" / "run")
+    assert s["fitness"] == "judge" and s["generations"] == 2
+    for name in ("extracted", "refined"):
+        assert s[name]["val"]["fitness"] <= 0 and 0 <= s[name]["test"]["accuracy"] <= 1
+    with pytest.raises(config_mod.ConfigError, match="experiment.judge.model"):
+        cmaes_job.run(_cfg(tmp_path, "j2", "experiment.fitness=judge", "experiment.judge.model=nope",
+                           "experiment.generations=1"), tmp_path / "j2" / "run")

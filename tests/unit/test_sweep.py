@@ -40,7 +40,7 @@ def test_pack_cuts_the_grid_into_blocks(per_job, expected):
 
 
 def test_pack_splits_one_axis_when_a_row_does_not_fit():
-    cells = [[f"layer=1", f"strength={s}"] for s in (1, 2, 3, 4, 5)]
+    cells = [["layer=1", f"strength={s}"] for s in (1, 2, 3, 4, 5)]
     assert [j.overrides for j in pack(cells, 2)] == [
         ["layer=1", "strength=[1,2]"], ["layer=1", "strength=[3,4]"], ["layer=1", "strength=5"]]
 
