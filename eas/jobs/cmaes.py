@@ -201,6 +201,9 @@ class CmaesJob:
         if start is None:
             raise RuntimeError(f"no extracted cell could be scored on val: {list(failed)}")
         layer, strength0 = start
+        if strength0 == 0:
+            raise ConfigError(f"the best extracted cell has strength 0 (layer {layer}): nothing to refine; "
+                              f"drop 0 from strength={list(job.strengths)}")
         log.info("start: %s vector at layer %d, strength %g (val accuracy %.3f)", job.method, layer, strength0,
                  val_grid[start].accuracy)
 
@@ -367,6 +370,9 @@ def refined_vectors(steer: SteerJob) -> dict[int, torch.Tensor]:
                 meta = fh.metadata() or {}
                 if "layer" not in meta:
                     raise ConfigError(f"method.vector_path: {f} has no 'layer' in its metadata")
+                if meta.get("site", steer.site) != steer.site:
+                    raise ConfigError(f"method.vector_path: {f} was refined at site {meta['site']!r}, this job "
+                                      f"steers steer_target={steer.site}; use steer_target={meta['site']}")
                 out[int(meta["layer"])] = fh.get_tensor("vector")
     else:
         for L in steer.layers:

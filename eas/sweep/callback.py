@@ -1,8 +1,9 @@
 """The Hydra callback that ends every multirun: record each cell's state, merge the report.
 
-Configured in ``conf/config.yaml`` (``hydra.callbacks.sweep``). A sweep with a failed
-or missing cell still merges what landed, then exits with status 1, so scripts notice;
-a detached sweep prints how to follow it and exits 0.
+Configured in ``conf/config.yaml`` (``hydra.callbacks.sweep``). A sweep with a cell that
+is not done (failed, missing, or still running from an earlier launch) still merges what
+landed, then exits with status 1, so scripts notice; a detached sweep prints how to follow
+it and exits 0.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class SweepCallback(Callback):
             lines.append(f"  merged report: {sweep_dir / REPORT_DIR}")
         lines.append(f"  cell states: {sweep_dir / 'sweep_status.md'}")
         print("\n".join(lines))
-        if st.count("failed") or st.count("missing"):
-            if st.manifest is not None:
-                print(f"  resubmit the failed and missing cells: eas-sweep resume {sweep_dir}")
+        if (st.count("failed") or st.count("missing")) and st.manifest is not None:
+            print(f"  resubmit the failed and missing cells: eas-sweep resume {sweep_dir}")
+        if not st.complete:  # failed, missing, or still running from an earlier launch
             sys.exit(1)

@@ -89,6 +89,18 @@ class SweepLauncher:
                                       for k, v in params.items() if k not in init_keys})
         return executor
 
+    # -- the backend (SLURM here; eas.vast's launcher overrides these) ------
+    def _check_backend(self) -> None:
+        if not slurm.available():
+            raise RuntimeError("hydra/launcher=slurm needs SLURM's commands (sbatch, squeue) on PATH; to try eas "
+                               "on SLURM on this machine see launchers/slurm/README.md (cluster.sh start DIR)")
+
+    def _max_array_size(self) -> int:
+        return slurm.max_array_size()
+
+    def _job_states(self, job_ids: list[str]) -> dict[str, str] | None:
+        return slurm.job_states(job_ids)
+
     # -- the manifest -----------------------------------------------------
     def _new_manifest(self, sweep_dir: Path) -> dict:
         cfg = self.config  # type: ignore[attr-defined]
@@ -96,7 +108,7 @@ class SweepLauncher:
                            if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))]
         return {
             "version": 1, "created": records.now(), "sweep_dir": str(sweep_dir),
-            "launcher": "slurm", "submitit_folder": str(Path(self.params["submitit_folder"]).resolve()),  # type: ignore[attr-defined]
+            "launcher": self._EXECUTOR, "submitit_folder": str(Path(self.params["submitit_folder"]).resolve()),  # type: ignore[attr-defined]
             "command": {"cwd": os.getcwd(), "hydra_overrides": list(hydra_overrides),
                         "task_overrides": list(cfg.hydra.overrides.task),
                         "env": {k: os.environ[k] for k in records.ENV_KEYS if k in os.environ}},
@@ -108,9 +120,7 @@ class SweepLauncher:
         from hydra.core.utils import JobReturn, JobStatus
 
         opts = self.sweep_opts
-        if not slurm.available():
-            raise RuntimeError("hydra/launcher=slurm needs SLURM's commands (sbatch, squeue) on PATH; to try eas "
-                               "on SLURM on this machine see launchers/slurm/README.md (cluster.sh start DIR)")
+        self._check_backend()
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()  # type: ignore[attr-defined]
         sweep_dir.mkdir(parents=True, exist_ok=True)
         manifest = records.read_manifest(sweep_dir) or self._new_manifest(sweep_dir)
@@ -143,7 +153,7 @@ class SweepLauncher:
             return []
 
         executor = self._executor()
-        limit = opts.get("max_array_size") or slurm.max_array_size()
+        limit = opts.get("max_array_size") or self._max_array_size()
         submitted = []
         for start in range(0, len(todo), limit):
             chunk = todo[start:start + limit]
@@ -189,7 +199,7 @@ class SweepLauncher:
         ended_once: set[int] = set()
         try:
             while True:
-                states = slurm.job_states([j.job_id for _, j in pending.values()]) or {}
+                states = self._job_states([j.job_id for _, j in pending.values()]) or {}
                 for num, (e, j) in list(pending.items()):
                     has_result = j.paths.result_pickle.exists()
                     state = states.get(j.job_id)

@@ -209,7 +209,12 @@ def sweep_status(sweep_dir: str | Path, ask_slurm: bool = True) -> SweepStatus:
         jobs = [{"num": r.get("num"), "overrides": r.get("overrides", []), "slurm_job_id": r.get("slurm_job_id"),
                  "_key": k} for k, r in recs.items()]
     ids = [j.get("slurm_job_id") for j in jobs if j.get("slurm_job_id")]
-    states = slurm.job_states(ids) if ask_slurm and ids and slurm.available() else None
+    if (manifest or {}).get("launcher") == "vast":  # the Vast executor's job records, in SLURM's words
+        from eas.vast.records import job_states as vast_job_states
+
+        states = vast_job_states(manifest["submitit_folder"], ids) if ask_slurm and ids else None
+    else:
+        states = slurm.job_states(ids) if ask_slurm and ids and slurm.available() else None
     resolved = []
     for j in jobs:
         rec = recs.get(j["_key"] if "_key" in j else j.get("num"))

@@ -1,0 +1,78 @@
+"""What a Vast sweep records: every instance it created, and each job's state.
+
+- ``<submitit root>/vast_instances.jsonl``: one line per event (``created``,
+  ``destroyed``, ``destroy_failed``) with the instance id; ``eas-vast destroy DIR``
+  destroys every instance created and not yet destroyed.
+- ``<job folder>/vast_state.json``: ``PENDING`` (waiting for an instance), ``RUNNING``,
+  ``COMPLETED``, ``FAILED`` (the job ran and raised), ``CANCELLED`` (lost before it
+  started), ``NODE_FAIL`` (lost while running: outbid, instance died). These are SLURM's
+  words, so ``eas-sweep status`` reads them as it reads ``sacct``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+INSTANCES = "vast_instances.jsonl"
+JOB_STATE = "vast_state.json"
+TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "NODE_FAIL"})
+_lock = threading.Lock()
+
+
+def log_instance(root: Path, event: str, instance_id: int, **fields) -> None:
+    line = json.dumps({"event": event, "instance_id": int(instance_id), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                       **fields})
+    with _lock, open(Path(root) / INSTANCES, "a") as f:
+        f.write(line + "\n")
+
+
+def instances(root: Path) -> dict[int, dict]:
+    """Each instance the sweep created: its last event and the fields of its ``created`` line."""
+    out: dict[int, dict] = {}
+    path = Path(root) / INSTANCES
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            ev = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        rec = out.setdefault(ev["instance_id"], {})
+        rec.update(ev if ev["event"] == "created" else {})
+        rec["last"] = ev["event"]
+    return out
+
+
+def live_instances(root: Path) -> list[int]:
+    return [i for i, r in instances(root).items() if r["last"] != "destroyed"]
+
+
+def set_job_state(job_folder: Path, state: str, **fields) -> None:
+    from eas import store
+
+    job_folder = Path(job_folder)
+    job_folder.mkdir(parents=True, exist_ok=True)
+    rec = read_job_state(job_folder) or {}
+    rec.update(state=state, updated=time.strftime("%Y-%m-%dT%H:%M:%S"), **fields)
+    store.write_json(job_folder / JOB_STATE, rec)
+
+
+def read_job_state(job_folder: Path) -> dict | None:
+    try:
+        return json.loads((Path(job_folder) / JOB_STATE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def job_states(submitit_folder: str, job_ids) -> dict[str, str]:
+    """``{job_id: state}`` for ``eas-sweep status``; a job with no record is ``UNKNOWN``."""
+    from submitit.core.utils import JobPaths
+
+    out = {}
+    for j in job_ids:
+        rec = read_job_state(JobPaths(submitit_folder, job_id=j).folder)
+        out[j] = (rec or {}).get("state", "UNKNOWN")
+    return out
