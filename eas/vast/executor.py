@@ -83,6 +83,8 @@ class InstanceRunner:
         self.stop = threading.Event()
         self._destroy_lock = threading.Lock()
         self.thread = threading.Thread(target=self.run, name=f"eas-vast-{label}", daemon=True)
+        with _RUNNERS_LOCK:  # before the thread starts: teardown_all and wait_all see it at once
+            _RUNNERS.add(self)
 
     def spec(self) -> api.OfferSpec:
         p = self.p
@@ -93,8 +95,6 @@ class InstanceRunner:
 
     # -- the batch ---------------------------------------------------------
     def run(self) -> None:
-        with _RUNNERS_LOCK:
-            _RUNNERS.add(self)
         started: set[str] = set()
         vast = None
         try:
@@ -110,7 +110,7 @@ class InstanceRunner:
             msg = str(e) if isinstance(e, api.VastError) else f"{type(e).__name__}: {e}"
             log.error("vast %s: %s", self.label, msg)
             for job in self.jobs:
-                if job.state in records.TERMINAL:
+                if job.state in records.TERMINAL or job.paths.result_pickle.exists():
                     continue
                 lost = "NODE_FAIL" if job.job_id in started else "CANCELLED"
                 records.set_job_state(job.paths.folder, lost, error=msg, instance_id=self.instance_id)
@@ -200,10 +200,11 @@ class InstanceRunner:
                             f"(exit {rc}); log: {job.paths.stdout}")
 
     def _pull(self, remote: Remote, job: VastJob) -> None:
-        folder = str(job.paths.folder)
-        remote.rsync(":" + folder + "/", folder + "/", excludes=("*_submitted.pkl", "*.out"))
+        # the job dirs first: the result pickle is what tells the launcher the job ended
         for d in self.p.get("pull_dirs") or []:
             remote.rsync(":" + str(d) + "/", str(d) + "/", excludes=(".submitit",))
+        folder = str(job.paths.folder)
+        remote.rsync(":" + folder + "/", folder + "/", excludes=("*_submitted.pkl", "*.out"))
 
     def destroy(self, vast=None) -> None:
         """Destroy the instance (idempotent); a failure is recorded for ``eas-vast destroy``."""
@@ -234,12 +235,20 @@ def teardown_all(reason: str = "interrupted") -> None:
         r.destroy()
         for job in r.jobs:
             st = job.state
-            if st not in records.TERMINAL:
+            if st not in records.TERMINAL and not job.paths.result_pickle.exists():
                 records.set_job_state(job.paths.folder, "NODE_FAIL" if st == "RUNNING" else "CANCELLED",
                                       error=reason)
 
 
 atexit.register(teardown_all, "the launcher exited")
+
+
+def wait_all(timeout_s: float | None = None) -> None:
+    """Wait until every batch of this process has brought its results back and destroyed its instance."""
+    with _RUNNERS_LOCK:
+        runners = list(_RUNNERS)
+    for r in runners:
+        r.thread.join(timeout_s)
 
 
 def code_dir() -> Path:

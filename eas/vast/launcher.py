@@ -97,10 +97,12 @@ class VastSweepLauncher(SweepLauncher):
         return executor
 
     def launch(self, job_overrides, initial_job_idx: int):
-        from eas.vast.executor import teardown_all
+        from eas.vast.executor import teardown_all, wait_all
 
         try:
-            return super().launch(job_overrides, initial_job_idx)
+            out = super().launch(job_overrides, initial_job_idx)
+            wait_all(600)  # the last pulls and the teardown, before the sweep's report
+            return out
         except BaseException:
             teardown_all("the launcher stopped (error or Ctrl-C)")
             raise
