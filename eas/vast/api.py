@@ -99,7 +99,7 @@ def find_offer(vast, spec: OfferSpec, exclude: set[int] = frozenset()) -> dict:
 
 def create(vast, offer: dict, spec: OfferSpec, image: str, label: str, onstart: str | None = None) -> int:
     """Rent ``offer``; returns the new instance id. Spot instances bid ``max_dph``."""
-    kw = dict(image=image, disk=spec.disk_gb, label=label, ssh=True, direct=True, onstart_cmd=onstart)
+    kw = {"image": image, "disk": spec.disk_gb, "label": label, "ssh": True, "direct": True, "onstart_cmd": onstart}
     if spec.spot:
         kw["price"] = float(spec.max_dph)
     out = _call("create_instance", vast.create_instance, int(offer["id"]), **kw)
@@ -112,10 +112,13 @@ def show(vast, instance_id: int) -> dict | None:
     return _call("show_instance", vast.show_instance, int(instance_id))
 
 
-def wait_running(vast, instance_id: int, timeout_s: float, poll_s: float) -> dict:
-    """Poll until the instance runs and has an SSH address; raise on a dead state or timeout."""
+def wait_running(vast, instance_id: int, timeout_s: float, poll_s: float, stop=lambda: False) -> dict:
+    """Poll until the instance runs and has an SSH address; raise on a dead state, a timeout,
+    or ``stop()`` (the launcher is going away)."""
     t0, row = time.monotonic(), None
     while True:
+        if stop():
+            raise VastError(f"stopped while instance {instance_id} was starting")
         row = show(vast, instance_id) or {}
         state = row.get("actual_status")
         if state == "running" and row.get("ssh_host") and row.get("ssh_port"):

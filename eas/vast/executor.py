@@ -20,6 +20,7 @@ import atexit
 import logging
 import os
 import shlex
+import subprocess
 import sys
 import threading
 import time
@@ -41,7 +42,7 @@ _RUNNERS_LOCK = threading.Lock()
 class VastJobEnvironment(job_environment.JobEnvironment):
     """The job's side: the runner exports these variables on the instance."""
 
-    _env = {
+    _env = {  # noqa: RUF012 - submitit's JobEnvironment protocol
         "job_id": "EAS_VAST_JOB_ID",
         "num_tasks": "EAS_VAST_NTASKS",
         "num_nodes": "EAS_VAST_NNODES",
@@ -64,13 +65,13 @@ class VastJob(core.Job[tp.Any]):
     def state(self) -> str:
         return self._state_rec().get("state", "UNKNOWN")
 
-    def done(self, force_check: bool = False) -> bool:  # noqa: ARG002
+    def done(self, force_check: bool = False) -> bool:
         return self.paths.result_pickle.exists() or self.state in records.TERMINAL
 
-    def get_info(self, mode: str = "force") -> dict[str, str]:  # noqa: ARG002
+    def get_info(self, mode: str = "force") -> dict[str, str]:
         return {"State": self.state}
 
-    def cancel(self, check: bool = True) -> None:  # noqa: ARG002
+    def cancel(self, check: bool = True) -> None:
         teardown_all(f"job {self.job_id} cancelled")
 
 
@@ -79,7 +80,8 @@ class InstanceRunner:
 
     def __init__(self, params: dict, root: Path, jobs: list[VastJob], label: str):
         self.p, self.root, self.jobs, self.label = params, root, jobs, label
-        self.instance_id: int | None = None
+        self.instance_id: int | None = None  # the live instance (None once destroyed)
+        self.last_instance_id: int | None = None
         self.stop = threading.Event()
         self._destroy_lock = threading.Lock()
         self.thread = threading.Thread(target=self.run, name=f"eas-vast-{label}", daemon=True)
@@ -96,7 +98,7 @@ class InstanceRunner:
     # -- the batch ---------------------------------------------------------
     def run(self) -> None:
         started: set[str] = set()
-        vast = None
+        vast, error = None, None
         try:
             vast = api.client(self.p.get("server_url"))
             remote = self._rent(vast)
@@ -107,15 +109,15 @@ class InstanceRunner:
                 started.add(job.job_id)
                 self._run_job(vast, remote, job)
         except BaseException as e:  # noqa: BLE001 - every way out marks the jobs and tears down
-            msg = str(e) if isinstance(e, api.VastError) else f"{type(e).__name__}: {e}"
-            log.error("vast %s: %s", self.label, msg)
-            for job in self.jobs:
+            error = str(e) if isinstance(e, api.VastError) else f"{type(e).__name__}: {e}"
+            log.error("vast %s: %s", self.label, error)
+        finally:
+            self.destroy(vast)  # first: a job that reads as ended has no instance left behind
+            for job in self.jobs if error else []:
                 if job.state in records.TERMINAL or job.paths.result_pickle.exists():
                     continue
                 lost = "NODE_FAIL" if job.job_id in started else "CANCELLED"
-                records.set_job_state(job.paths.folder, lost, error=msg, instance_id=self.instance_id)
-        finally:
-            self.destroy(vast)
+                records.set_job_state(job.paths.folder, lost, error=error, instance_id=self.last_instance_id)
             with _RUNNERS_LOCK:
                 _RUNNERS.discard(self)
 
@@ -127,7 +129,7 @@ class InstanceRunner:
             tried.add(int(offer["id"]))
             if self.stop.is_set():
                 raise api.VastError("stopped before an instance was rented")
-            self.instance_id = api.create(vast, offer, spec, image=self.p.get("image"), label=self.label,
+            self.instance_id = self.last_instance_id = api.create(vast, offer, spec, image=self.p.get("image"), label=self.label,
                                           onstart=self.p.get("onstart"))
             records.log_instance(self.root, "created", self.instance_id, label=self.label, offer_id=offer["id"],
                                  gpu_name=offer.get("gpu_name"), dph_total=offer.get("dph_total"),
@@ -136,7 +138,7 @@ class InstanceRunner:
                      offer.get("gpu_name"), offer.get("dph_total"))
             try:
                 row = api.wait_running(vast, self.instance_id, float(self.p.get("start_timeout_s", 600)),
-                                       float(self.p.get("poll_s", 10)))
+                                       float(self.p.get("poll_s", 10)), stop=self.stop.is_set)
                 remote = Remote(row["ssh_host"], int(row["ssh_port"]), self.p.get("ssh_user") or "root",
                                 self.p.get("ssh_key"))
                 self._wait_ssh(remote)
@@ -150,7 +152,7 @@ class InstanceRunner:
 
     def _wait_ssh(self, remote: Remote) -> None:
         deadline = time.monotonic() + float(self.p.get("ssh_timeout_s", 300))
-        while remote.run("true", timeout_s=60) != 0:
+        while remote.run("true", timeout_s=60, log=subprocess.DEVNULL) != 0:
             if time.monotonic() > deadline or self.stop.is_set():
                 raise api.VastError(f"instance {self.instance_id}: no SSH at {remote.host}:{remote.port}; "
                                     f"is your public key in the Vast account (vastai create ssh-key)?")
@@ -233,6 +235,9 @@ def teardown_all(reason: str = "interrupted") -> None:
     for r in runners:
         r.stop.set()
         r.destroy()
+    for r in runners:  # a batch between create_instance and its record destroys its own in finally
+        if r.thread.is_alive() and r.thread is not threading.current_thread():
+            r.thread.join(30)
         for job in r.jobs:
             st = job.state
             if st not in records.TERMINAL and not job.paths.result_pickle.exists():

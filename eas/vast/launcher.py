@@ -68,13 +68,19 @@ class VastSweepLauncher(SweepLauncher):
         self.params["poll_s"] = poll  # both: the sweep's wait loop and the executor's polling
 
     def _check_backend(self) -> None:
+        import sys
+
         from eas.vast import api
 
-        if self.sweep_opts.get("detach"):
-            raise api.VastError("hydra/launcher=vast does not detach: the launcher drives the instances and "
-                                "destroys them; keep it running (e.g. in tmux)")
-        api.api_key()
-        api.client(self.params.get("server_url"))  # the SDK is installed
+        try:
+            if self.sweep_opts.get("detach"):
+                raise api.VastError("hydra/launcher=vast does not detach: the launcher drives the instances and "
+                                    "destroys them; keep it running (e.g. in tmux)")
+            api.api_key()
+            api.client(self.params.get("server_url"))  # the SDK is installed
+        except api.VastError as e:  # before anything is rented: a message, not a traceback
+            print(f"eas: error: {e}", file=sys.stderr)
+            sys.exit(2)
 
     def _max_array_size(self) -> int:
         return 10**9

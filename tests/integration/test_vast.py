@@ -37,7 +37,7 @@ pytestmark = [
 ]
 pytest.importorskip("vastai", reason="the vastai SDK is not installed: pip install 'eas[vast]'")
 
-from eas.vast.fake import FakeVast  # noqa: E402
+from eas.vast.fake import FakeVast
 
 
 def free_port() -> int:
@@ -57,7 +57,7 @@ class Instances:
         prefix = os.path.realpath(sys.base_prefix)
         self.procs[iid] = subprocess.Popen(
             ["bash", str(INSTANCE), str(self.state / str(iid)), str(port), str(self.pubkey), str(ROOT), prefix],
-            stdout=subprocess.DEVNULL, stderr=open(self.state / f"{iid}.log", "wb"), start_new_session=True)
+            stdout=subprocess.DEVNULL, stderr=open(self.state / f"{iid}.log", "wb"), start_new_session=True)  # noqa: SIM115
         return "127.0.0.1", port
 
     def destroy(self, iid: int) -> None:
@@ -152,7 +152,7 @@ def test_outbid_spot_instance_loses_cells_that_resume(vast, tmp_path):
 
     watcher = threading.Thread(target=outbid_after_first_result, daemon=True)
     watcher.start()
-    r = eas(tmp_path, vast, "layer=1,2,3", "strength=1", "hydra.launcher.spot=true", "hydra.launcher.max_dph=0.3",
+    r = eas(tmp_path, vast, "layer=1,2", "strength=1", "hydra.launcher.spot=true", "hydra.launcher.max_dph=0.3",
             "hydra.launcher.cells_per_job=1", "hydra.launcher.instances=1")
     watcher.join(timeout=5)
     d = sweep_dir(tmp_path)
@@ -163,11 +163,11 @@ def test_outbid_spot_instance_loses_cells_that_resume(vast, tmp_path):
     assert put["body"]["price"] == 0.3 and vast.calls("POST", "/api/v0/bundles/")[0]["body"]["type"] == "bid"
     st = eas_sweep(tmp_path, "status", "--json", str(d))
     states = [c["state"] for c in json.loads(st.stdout)["cells"]]
-    assert states[0] == "done" and "done" not in states[1:] and len(states) == 3, st.stdout
+    assert states == ["done", states[1]] and states[1] in ("failed", "missing"), st.stdout
     # resumed on a new instance: only the lost cells run again
     n_before = len(vast.instances)
     res = eas_sweep(tmp_path, "resume", str(d))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert len(vast.instances) == n_before + 1 and vast.live() == [] and vast.insts.alive() == []
     st = eas_sweep(tmp_path, "status", str(d))
-    assert st.returncode == 0 and "3 cells: 3 done" in st.stdout, st.stdout
+    assert st.returncode == 0 and "2 cells: 2 done" in st.stdout, st.stdout

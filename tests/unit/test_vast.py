@@ -13,9 +13,9 @@ import pytest
 
 pytest.importorskip("vastai", reason="the vastai SDK is not installed: pip install 'eas[vast]'")
 
-from eas.vast import api, records  # noqa: E402
-from eas.vast.executor import VastExecutor, teardown_all  # noqa: E402
-from eas.vast.fake import FakeVast, offer  # noqa: E402
+from eas.vast import api, records
+from eas.vast.executor import VastExecutor, teardown_all
+from eas.vast.fake import FakeVast, offer
 
 KEY = "k-123"
 
@@ -33,8 +33,8 @@ def fake(monkeypatch, tmp_path):
 
 def executor(tmp_path, fake, **params) -> VastExecutor:
     ex = VastExecutor(tmp_path / "sweep" / ".submitit" / "%j")
-    base = dict(server_url=fake.url, image="img", start_timeout_s=1, ssh_timeout_s=1, poll_s=0.05, max_attempts=1,
-                ssh_key=str(tmp_path / "nokey"), setup=[])
+    base = {"server_url": fake.url, "image": "img", "start_timeout_s": 1, "ssh_timeout_s": 1, "poll_s": 0.05, "max_attempts": 1,
+                "ssh_key": str(tmp_path / "nokey"), "setup": []}
     base.update(params)
     ex.update_parameters(**base)
     return ex
