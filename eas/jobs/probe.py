@@ -562,7 +562,7 @@ def probe_vectors(steer: SteerJob) -> dict[int, torch.Tensor]:
             if meta.get("model") not in (None, steer.lm.name):
                 raise ConfigError(f"method.vector_path: {f} was trained on model {meta.get('model')!r}, "
                                   f"not {steer.lm.name!r}")
-            if "vector" not in fh or "layer" not in meta:
+            if "vector" not in fh.keys() or "layer" not in meta:  # noqa: SIM118 - safe_open is not a mapping
                 raise ConfigError(f"method.vector_path: {f} is not a probe file of experiment=probe "
                                   f"(no 'vector' tensor or no 'layer' in its metadata)")
             out[int(meta["layer"])] = fh.get_tensor("vector").float()

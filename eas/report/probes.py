@@ -242,7 +242,9 @@ def summary_markdown(summary: dict, df: pd.DataFrame) -> str:
          f"{summary['evaluation']}; best layer chosen on {b['selected_on']}. AUROC CIs: stratified "
          f"bootstrap; accuracy CIs: Wilson; p_random: empirical p-value of the probe's AUROC among "
          f"random unit directions (each signed in its favour, so conservative), in brackets Holm-adjusted "
-         f"over the {b.get('n_compared', 1)} (pooling, layer) cells compared."),
+         f"over the {b.get('n_compared', 1)} (pooling, layer) cells compared. Without signal, "
+         f"out-of-fold AUROC drifts below 0.5 (a held-out item is missing from its own class's "
+         f"training mean), so values under 0.5 read as no signal, not an inverted one."),
         "",
         headline_table(headline_rows(summary)),
         "",
