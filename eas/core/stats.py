@@ -417,7 +417,10 @@ def accuracy_with_ci(correct: ArrayLike, ci: float = 0.95) -> Interval:
     denom = 1.0 + z**2 / n
     center = (p + z**2 / (2 * n)) / denom
     half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    return Interval(float(max(0.0, center - half)), float(min(1.0, center + half)), p, ci)
+    # at p = 0 (or 1) the Wilson bound is exactly 0 (or 1); keep rounding from leaving 1e-17
+    low = 0.0 if p == 0.0 else max(0.0, center - half)
+    high = 1.0 if p == 1.0 else min(1.0, center + half)
+    return Interval(float(low), float(high), p, ci)
 
 
 def _accepts_axis(func: Callable) -> bool:
