@@ -229,7 +229,10 @@ class Refiner:
     """
 
     def __init__(self, x0: np.ndarray, sigma0: float, popsize: int, seed: int):
-        import cma
+        try:
+            import cma
+        except ImportError as e:
+            raise ImportError("experiment=cmaes needs pycma: pip install -e '.[cmaes]' (or pip install cma)") from e
 
         rng = np.random.RandomState(seed)
         opts = {"popsize": popsize, "seed": np.nan, "randn": rng.randn, "verbose": -9, "verb_disp": 0,
