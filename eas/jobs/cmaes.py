@@ -316,12 +316,7 @@ class CmaesJob:
             "seconds": seconds,
         }
         store.write_json(self.out / "summary.json", summary)
-        store.write_json(self.out / "manifest.json", {
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "git_commit": store.git_commit(), "versions": store.versions(),
-            "model_fingerprint": s.lm.fingerprint, "data_fingerprint": s.bench.fingerprint(),
-            "data_source": s.bench.source, "device": str(s.lm.device), "seconds": seconds,
-        })
+        s.write_manifest(seconds)
         try:
             from eas.report.cmaes import fitness_curve
 

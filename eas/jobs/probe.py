@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 from eas import contrasts, store
 from eas.config import ConfigError
@@ -364,7 +364,6 @@ class ProbeJob(SteerJob):
               words: list[str], seconds: float) -> dict[str, Any]:
         from eas.report import probes as probe_report
 
-        cfg = self.cfg
         meta = {"experiment": "probe", "model": self.lm.name, "benchmark": self.bench.name, "target": target,
                 "steer_target": self.site, "evaluation": proto.name, "seed": self.seed}
         table = []
@@ -443,12 +442,7 @@ class ProbeJob(SteerJob):
         summary["seconds"] = seconds
         store.write_json(self.out / "summary.json", summary)
         store.write_text(self.out / "summary_table.md", probe_report.summary_markdown(summary, df))
-        store.write_json(self.out / "manifest.json", {
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "git_commit": store.git_commit(), "versions": store.versions(),
-            "model_fingerprint": self.lm.fingerprint, "data_fingerprint": self.bench.fingerprint(),
-            "data_source": self.bench.source, "device": str(self.lm.device), "seconds": seconds,
-        })
+        self.write_manifest(seconds)
         try:
             probe_report.write_probe_figures(self.out, df, summary, rows.labels[proto.evaluate],
                                              {k: np.asarray(rec[k]["scores"], float)[proto.evaluate]

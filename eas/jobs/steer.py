@@ -317,12 +317,7 @@ class SteerJob:
             "seconds": seconds,
         }
         store.write_json(self.out / "summary.json", summary)
-        store.write_json(self.out / "manifest.json", {
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "git_commit": store.git_commit(), "versions": store.versions(),
-            "model_fingerprint": self.lm.fingerprint, "data_fingerprint": self.bench.fingerprint(),
-            "data_source": self.bench.source, "device": str(self.lm.device), "seconds": seconds,
-        })
+        self.write_manifest(seconds)
         try:
             from eas.report.figures import write_run_figures
 
@@ -330,6 +325,15 @@ class SteerJob:
         except Exception as e:  # noqa: BLE001 - figures never cost the results
             log.warning("figures not written: %s", e)
         return summary
+
+    def write_manifest(self, seconds: float) -> None:
+        """``manifest.json``: config, git commit, versions, model and data fingerprints, device, seconds."""
+        store.write_json(self.out / "manifest.json", {
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "git_commit": store.git_commit(), "versions": store.versions(),
+            "model_fingerprint": self.lm.fingerprint, "data_fingerprint": self.bench.fingerprint(),
+            "data_source": self.bench.source, "device": str(self.lm.device), "seconds": seconds,
+        })
 
     @staticmethod
     def _write_predictions(path: Path, by_split: dict[str, Scored]) -> None:
