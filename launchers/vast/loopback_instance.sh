@@ -19,12 +19,18 @@ exec unshare --mount --pid --fork --mount-proc bash -c '
   mount --make-rprivate /
   case "$pyprefix" in /root/*) mkdir -p "$state$pyprefix"; mount --bind "$pyprefix" "$state$pyprefix";; esac
   mount --bind "$project/.venv" "$state/project/.venv"   # the Python the job runs with
+  # a second view of the project inside the future /tmp, for a project that lives under /tmp
+  mkdir -p "$state/tmp/.eas_project"
+  mount --rbind "$state/project" "$state/tmp/.eas_project"
   mount --rbind "$state/project" "$project"              # an empty project dir: code arrives by rsync
   mount --bind "$state/etc" /etc
   mount --rbind "$state/root" /root
   mount --bind "$state/run" /run
   cp "$state/hostkey" /run/hostkey
-  mount --bind "$state/tmp" /tmp                         # last: $state may live under /tmp
+  mount --rbind "$state/tmp" /tmp                        # last: $state may live under /tmp
+  case "$project" in
+    /tmp/*) mkdir -p "$project"; mount --rbind /tmp/.eas_project "$project";;
+  esac
   exec /usr/sbin/sshd -D -e -p "$port" -h /run/hostkey -o ListenAddress=127.0.0.1 \
     -o PermitRootLogin=prohibit-password -o PasswordAuthentication=no -o UsePAM=no -o StrictModes=no \
     -o PidFile=none -o AuthorizedKeysFile=/root/.ssh/authorized_keys
