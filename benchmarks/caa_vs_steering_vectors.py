@@ -46,10 +46,10 @@ def main(argv=None):
     add_special = True
 
     t = time.perf_counter()
-    pos = capture.capture(lm.model, lm.sites, tokens.encode(lm.tokenizer, [a for a, _ in pairs], add_special),
-                          layers, "residual", ("last",), args.eas_batch_size, tokens.pad_id(lm.tokenizer))["last"]
-    neg = capture.capture(lm.model, lm.sites, tokens.encode(lm.tokenizer, [b for _, b in pairs], add_special),
-                          layers, "residual", ("last",), args.eas_batch_size, tokens.pad_id(lm.tokenizer))["last"]
+    texts = [a for a, _ in pairs] + [b for _, b in pairs]  # one sorted, batched pass over both sides
+    acts = capture.capture(lm.model, lm.sites, tokens.encode(lm.tokenizer, texts, add_special), layers,
+                           "residual", ("last",), args.eas_batch_size, tokens.pad_id(lm.tokenizer))["last"]
+    pos, neg = acts[:, : len(pairs)], acts[:, len(pairs):]
     ours = {L: vectors.mean_difference(pos[L], neg[L]) for L in layers}
     t_eas = time.perf_counter() - t
     print(f"eas: {len(pairs)} pairs x {n_layers} layers in {t_eas:.1f}s (batch {args.eas_batch_size})")
