@@ -39,7 +39,6 @@ from omegaconf import DictConfig, ListConfig
 from eas import contrasts, store
 from eas.config import ConfigError
 from eas.core import probes, stats
-from eas.core import score as score_mod
 from eas.data.schema import MCItem
 from eas.jobs.steer import SPLITS, SteerJob
 
@@ -164,10 +163,7 @@ class ProbeJob(SteerJob):
             k = store.key("unsteered_confidence", self.base_key, split)
             rec = self.store.get_json("cells", k)
             if rec is None:
-                rows = self._rows([self.prompter.mc(it) for it in items])
-                with self._bar(len(rows), f"unsteered {split}") as bar:
-                    scores = score_mod.score_mc(self.lm.model, rows, [len(it.options) for it in items],
-                                                self.head, self.batch_size, self.pad, bar.update)
+                scores = self.unsteered_scores(items, split)
                 probs = torch.softmax(scores, -1)
                 rec = {"item_ids": [it.id for it in items], "labels": [it.label for it in items],
                        "preds": scores.argmax(-1).tolist(), "confidence": probs.max(-1).values.tolist()}

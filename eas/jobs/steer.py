@@ -116,17 +116,21 @@ class SteerJob:
         return tqdm(total=total, desc=desc, disable=not self.progress, leave=False)
 
     # -- step 2 -----------------------------------------------------------
+    def unsteered_scores(self, items: list[MCItem], split: str) -> torch.Tensor:
+        """Unsteered letter scores ``[item, n_letters]`` of the scoring prompts (OOM-safe)."""
+        rows = self._rows([self.prompter.mc(it) for it in items])
+        with self._bar(len(rows), f"unsteered {split}") as bar:
+            return sweep_mod.retry_on_oom(lambda bs: score_mod.score_mc(
+                self.lm.model, rows, [len(it.options) for it in items], self.head, bs, self.pad,
+                bar.update), self.batch_size, log.warning)
+
     def unsteered(self) -> dict[str, Scored]:
         out = {}
         for split, items in self.splits.items():
             k = store.key("unsteered", self.base_key, split)
             rec = self.store.get_json("cells", k)
             if rec is None:
-                rows = self._rows([self.prompter.mc(it) for it in items])
-                with self._bar(len(rows), f"unsteered {split}") as bar:
-                    scores = sweep_mod.retry_on_oom(lambda bs: score_mod.score_mc(
-                        self.lm.model, rows, [len(it.options) for it in items], self.head, bs, self.pad,
-                        bar.update), self.batch_size, log.warning)
+                scores = self.unsteered_scores(items, split)
                 rec = Scored([it.id for it in items], [it.label for it in items],
                              scores.argmax(-1).tolist()).as_dict()
                 self.store.put_json("cells", k, rec)
