@@ -91,6 +91,44 @@ def flops_per_token(model) -> float:
     return 2.0 * n
 
 
+def fp32_reference(model, args, sub, n_opts, letter_ids, cells, fast, naive) -> dict:
+    """Both low-precision paths against the naive loop in float32 on the same item-cells.
+
+    bf16 rounds differently in a batched prefix-cache pass and in a batch-1 full pass, so
+    where two letters' logits are closer than that rounding the two paths can pick
+    different letters; neither is the float32 answer more often by construction. The
+    float32 reference says which is closer to exact arithmetic, and the margin split
+    separates real disagreements (a clear float32 margin) from near ties.
+    """
+    import copy
+
+    ref_model = copy.deepcopy(model).float()
+    ref = sweep.naive_sweep_mc(ref_model, models.site_map(ref_model), sub, n_opts[: len(sub)], letter_ids,
+                               args.site, cells)
+    del ref_model
+    top2 = ref.topk(2, dim=-1).values
+    margin = top2[..., 0] - top2[..., 1]  # float32 gap between the best and second-best letter
+    finite = torch.isfinite(ref)
+    noise = max((fast[finite] - ref[finite]).abs().max().item(), (naive[finite] - ref[finite]).abs().max().item())
+    clear = margin > 2 * noise
+    pick = ref.argmax(-1)
+
+    def rate(x, where=None):
+        hit = (x.argmax(-1) == pick)
+        return (hit[where].float().mean().item() if where is not None and where.any() else
+                hit.float().mean().item())
+
+    return {
+        "fp32_ref_eas_same_letter": rate(fast), f"fp32_ref_naive_{args.dtype}_same_letter": rate(naive),
+        f"{args.dtype}_max_abs_diff_vs_fp32": noise,
+        "fp32_ref_clear_margin_share": clear.float().mean().item(),
+        "fp32_ref_eas_same_letter_clear_margin": rate(fast, clear),
+        f"fp32_ref_naive_{args.dtype}_same_letter_clear_margin": rate(naive, clear),
+        "eas_vs_naive_same_letter_clear_margin": ((fast.argmax(-1) == naive.argmax(-1))[clear].float().mean().item()
+                                                  if clear.any() else None),
+    }
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2_135m", help="smollm2_135m | gemma3_270m | random")
@@ -108,6 +146,11 @@ def main(argv=None):
     ap.add_argument("--naive-cells", type=int, default=0, help="cells timed in the naive loop (0: all)")
     ap.add_argument("--site", default="residual")
     ap.add_argument("--repeat", type=int, default=3, help="eas phases: fastest of this many runs")
+    ap.add_argument("--fp32-reference", action="store_true",
+                    help="with a bf16/fp16 --dtype: also run the naive loop in float32 on the same subset, and "
+                         "report how often each low-precision path matches it (the precision's noise floor)")
+    ap.add_argument("--compile", action="store_true",
+                    help="then compile the model (model.compile=true) and time the eas phases again")
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args(argv)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
@@ -187,6 +230,25 @@ def main(argv=None):
                                             if peak else None),
         "agreement_pred_letter": agree, "max_abs_letter_logit_diff": max_abs,
     }
+    if args.fp32_reference and args.dtype != "float32":
+        out.update(fp32_reference(model, args, sub, n_opts, letter_ids, naive_cells, f, slow))
+    if args.compile:  # same process, same items: compiled eas phases against the eager ones above
+        from eas.core.compile import compile_blocks
+
+        _, t_compile = timed(args.device, lambda: compile_blocks(model, sites))
+        _, c_capture = timed(args.device, lambda: capture.capture(
+            model, sites, train_rows, layers, args.site, ("last",), bs, pad), r)
+        _, c_unsteered = timed(args.device, lambda: score.score_mc(model, val_rows, n_opts, head, bs, pad), r)
+        cfast, c_sweep = timed(args.device, lambda: sweep.sweep_mc(
+            model, sites, val_rows, n_opts, head, args.site, cells, bs, cpp, pad), r)
+        out.update({
+            "compile_s": t_compile,
+            "compiled_speedup_capture": t_capture / c_capture,
+            "compiled_speedup_unsteered": t_unsteered / c_unsteered,
+            "compiled_speedup_sweep": t_sweep / c_sweep,
+            "compiled_vs_eager_same_letter": (cfast.argmax(-1) == fast.argmax(-1)).float().mean().item(),
+            "compiled_vs_eager_max_abs_diff": (cfast - fast)[torch.isfinite(fast)].abs().max().item(),
+        })
     width = max(len(k) for k in out)
     for k, v in out.items():
         print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")

@@ -18,6 +18,7 @@ SITES = ("residual", "mlp", "self_attn", "post_attention_layernorm")
 POSITIONS = ("last", "mid", "mean")
 METHODS = ("pasf", "ipas_all", "ipas_wrong_only", "mean_diff", "pca", "probe", "random", "cmaes")
 CMAES_FITNESSES = ("val_accuracy", "behaviour_logprob", "judge", "api_judge")
+FANOUT_CLUSTERS = ("local", "slurm")  # submitit executors for experiment.fanout
 PROMPT_FORMATS = ("chat", "plain")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "4bit", "8bit")
@@ -43,6 +44,7 @@ class ModelConfig:
     quantization: str = "none"
     trust_remote_code: bool = False
     attn_implementation: str | None = None  # None: transformers' default (SDPA where available)
+    compile: bool = False  # torch.compile each block's MLP and norms (hook-safe; eas/core/compile.py)
     layers: Any = field(default_factory=lambda: [8, 14, 20])  # the model's default layer grid
 
 
@@ -90,6 +92,16 @@ class JudgeConfig:
 
 
 @dataclass
+class FanoutConfig:
+    # experiment=cmaes: evaluate each generation on a submitit array of long-lived workers
+    workers: int = 0  # 0 = in-process; N = one array of N tasks, each keeping the model loaded
+    cluster: str = "local"  # local (subprocesses on this machine) | slurm
+    poll_s: float = 0.1  # seconds between two looks at the file queue (coordinator and workers)
+    start_timeout_s: float = 1800.0  # every worker must be serving within this (queue wait + model load)
+    slurm_parameters: dict[str, Any] = field(default_factory=dict)  # extra submitit slurm_* (account, qos, setup)
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "steer"
     select_metric: str = "accuracy"  # the val metric that picks the best cell
@@ -102,6 +114,7 @@ class ExperimentConfig:
     tiebreak: bool = True  # val_accuracy: break accuracy ties by mean p(correct letter)
     optimize_strength: bool = False  # add log-strength as a search coordinate
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    fanout: FanoutConfig = field(default_factory=FanoutConfig)  # workers: resources group
     # experiment=probe: linear probes, CCS, random-direction null, abstention (eas/jobs/probe.py)
     target: str = "auto"  # auto (trait on A/B sets, error otherwise) | trait | error
     folds: int = 5  # stratified k-fold over items; 0 = fit on train, pick the layer on val, report test
@@ -267,6 +280,13 @@ def _validate_cmaes(cfg: DictConfig) -> None:
         for name in ("n_prompts", "max_new_tokens"):
             if x.judge[name] < 1:
                 raise ConfigError(f"experiment.judge.{name}={x.judge[name]}: must be >= 1")
+    f = x.fanout
+    if f.workers < 0:
+        raise ConfigError(f"experiment.fanout.workers={f.workers}: must be >= 0 (0 evaluates in-process)")
+    _choice("experiment.fanout.cluster", f.cluster, FANOUT_CLUSTERS)
+    for name in ("poll_s", "start_timeout_s"):
+        if not f[name] > 0:
+            raise ConfigError(f"experiment.fanout.{name}={f[name]}: must be > 0 (seconds)")
 
 
 PROBE_TARGETS = ("auto", "trait", "error")

@@ -250,9 +250,23 @@ def _load_embedded(name: str, dtype: torch.dtype, device: str):
         )
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         _save_converted(model, tok, cache)
-    model = AutoModelForCausalLM.from_pretrained(str(cache), dtype=dtype).to(device)
+    model = AutoModelForCausalLM.from_pretrained(str(cache), config=_dense_config(cache), dtype=dtype).to(device)
     tok = AutoTokenizer.from_pretrained(str(cache))
     return model, tok, f"embedded:{name}:{version}"
+
+
+def _dense_config(cache: Path):
+    """The cached model's config without the GGUF ``quantization_config`` the conversion left in it.
+
+    The cached weights are dense float32; with that entry, recent transformers attach a GGUF
+    quantizer to the loaded model (and warn that every matmul casts) although no weight is packed.
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(cache))
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config
+    return config
 
 
 def _save_converted(model: nn.Module, tok: Any, cache: Path) -> None:
@@ -329,7 +343,8 @@ def load(cfg: Any, seed: int = 0) -> LoadedModel:
     """Load the model a ModelConfig describes, in eval mode with its site map.
 
     Raises:
-        ModelError: quantization on CPU, an unknown architecture, a missing embedded wheel.
+        ModelError: quantization on CPU, an unknown architecture, a missing embedded wheel,
+            ``compile=true`` where torch.compile cannot compile.
     """
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
@@ -351,6 +366,13 @@ def load(cfg: Any, seed: int = 0) -> LoadedModel:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     sites = site_map(model)
+    if getattr(cfg, "compile", False):
+        from eas.core.compile import compile_blocks
+
+        try:
+            compile_blocks(model, sites)
+        except RuntimeError as e:
+            raise ModelError(str(e)) from e
     return LoadedModel(model, tok, sites, cfg.name, fp, time.perf_counter() - t0)
 
 
