@@ -17,9 +17,16 @@
    ``summary.json`` and ``manifest.json``; the refined vector also goes to the store,
    where ``method=cmaes`` (``refined_vectors``) finds it.
 
-Fan-out: a generation is one engine call on one device. Spreading a generation over a
-submitit array would need workers that keep the model loaded across generations (a task
-per generation reloads it); it is not implemented.
+Fan-out (``experiment.fanout.workers=N``, ``eas.jobs.fanout``): step 3's fitness calls go to
+one submitit array of ``N`` long-lived workers (``cluster=local`` or ``slurm``, each with the
+``resources`` group's cpus, GPUs, memory and time). Each worker rebuilds this job's state from
+its resolved config (``<run dir>/fanout/config.yaml``), loads the model once and builds the same
+fitness at the same layer on val (for the MC fitnesses: one prefix cache for every generation);
+a generation's deltas are split into ``N`` chunks, scored by the workers and concatenated in
+order, so the optimiser, its checkpoints and the final scores (step 4, here) do not change:
+the same seed gives the same search as ``workers=0`` (up to float noise in the letter scores).
+A worker that dies fails the run with its job id and log; every finished generation is
+checkpointed, so re-running resumes.
 """
 
 from __future__ import annotations
@@ -27,8 +34,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,11 +48,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from eas import contrasts, models, store
-from eas.config import ConfigError, ModelConfig
+from eas.config import ConfigError, EasConfig, ModelConfig
 from eas.core import cmaes, tokens
 from eas.core import judge as judge_mod
 from eas.core import sweep as sweep_mod
 from eas.data.schema import MCItem
+from eas.jobs import fanout
 from eas.jobs.steer import SteerJob
 
 log = logging.getLogger("eas")
@@ -90,6 +100,7 @@ class CmaesJob:
         self.store = self.steer.store
         self._judges: dict[str, Any] = {}
         self._prefixes: dict[str, tuple[list[list[int]], sweep_mod.PrefixCache]] = {}
+        self.fanout_start_seconds: float | None = None
 
     # -- data and fitness ---------------------------------------------------
     def rows(self, texts: list[str]) -> list[list[int]]:
@@ -217,32 +228,35 @@ class CmaesJob:
         if space.k < x.k:
             log.warning("k=%d capped at %d: %d train activations span at most %d directions", x.k, space.k,
                         len(train_acts), len(train_acts) - 1)
-        fitness = cmaes.in_space(space, FITNESSES[x.fitness](self, layer, "val"))
         x0 = space.point(vecs[layer])
 
         key = self.run_key(layer, strength0)
         refiner, history = self.resume(key)
         resumed_from = refiner.generation if refiner is not None else 0
-        if refiner is None:
-            t1 = time.perf_counter()
-            f0 = float(fitness(x0[None])[0])
-            refiner = cmaes.Refiner(x0, float(x.sigma0), int(x.popsize), int(cfg.seed))
-            refiner.observe(x0, f0)
-            history = [{"generation": 0, "best": f0, "mean": f0, "median": f0, "worst": f0, "centre": f0,
-                        "best_so_far": f0, "sigma": float(x.sigma0), "n_evaluations": 1,
-                        "seconds": time.perf_counter() - t1}]
-        else:
+        stop = {}
+        if refiner is not None:
             log.info("resuming from generation %d (checkpoint in the store)", resumed_from)
-        stop = refiner.stop()
-        while refiner.generation < x.generations and not stop:
-            gen = refiner.step(fitness)
-            history.append(gen.row())
-            self.checkpoint(key, refiner, history)
-            r = history[-1]
-            log.info("generation %d/%d: best %.4f mean %.4f (best so far %.4f, sigma %.3f, %.2fs)",
-                     gen.generation, x.generations, r["best"], r["mean"], r["best_so_far"], r["sigma"],
-                     r["seconds"])
             stop = refiner.stop()
+        searching = refiner is None or (refiner.generation < x.generations and not stop)
+        with self.search_fitness(layer, space, searching) as fitness:
+            if refiner is None:
+                t1 = time.perf_counter()
+                f0 = float(fitness(x0[None])[0])
+                refiner = cmaes.Refiner(x0, float(x.sigma0), int(x.popsize), int(cfg.seed))
+                refiner.observe(x0, f0)
+                history = [{"generation": 0, "best": f0, "mean": f0, "median": f0, "worst": f0, "centre": f0,
+                            "best_so_far": f0, "sigma": float(x.sigma0), "n_evaluations": 1,
+                            "seconds": time.perf_counter() - t1}]
+                stop = refiner.stop()
+            while refiner.generation < x.generations and not stop:
+                gen = refiner.step(fitness)
+                history.append(gen.row())
+                self.checkpoint(key, refiner, history)
+                r = history[-1]
+                log.info("generation %d/%d: best %.4f mean %.4f (best so far %.4f, sigma %.3f, %.2fs)",
+                         gen.generation, x.generations, r["best"], r["mean"], r["best_so_far"], r["sigma"],
+                         r["seconds"])
+                stop = refiner.stop()
         if stop:
             log.info("CMA-ES stopped at generation %d: %s", refiner.generation, stop)
 
@@ -253,6 +267,30 @@ class CmaesJob:
         scored = {split: self.evaluate(layer, split, cells) for split in ("val", "test")}
         return self.write(base, failed, layer, strength0, space, cells, scored, history, stop, resumed_from,
                           time.perf_counter() - t0)
+
+    @contextmanager
+    def search_fitness(self, layer: int, space: cmaes.Space, searching: bool
+                       ) -> Iterator[Callable[[np.ndarray], np.ndarray]]:
+        """The search's fitness over points of ``space``: the plugin's on val at ``layer``, scored
+        in-process, or by ``experiment.fanout.workers`` workers while ``searching`` (a finished
+        search starts none); leaving the block stops them.
+
+        Raises:
+            fanout.WorkerError: a worker did not start, or its job ended during the search.
+        """
+        f = self.x.fanout
+        if not searching or int(f.workers) == 0:
+            yield cmaes.in_space(space, FITNESSES[self.x.fitness](self, layer, "val"))
+            return
+        folder = self.out / "fanout"
+        cfg_path = store.write_text(folder / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
+        build = partial(worker_fitness, str(cfg_path.resolve()), os.getcwd(), layer,
+                        store.key(self.steer.base_key))
+        with fanout.Fanout(folder, int(f.workers), build, f.cluster, OmegaConf.to_container(self.cfg.resources),
+                           float(f.poll_s), float(f.start_timeout_s),
+                           OmegaConf.to_container(f.slurm_parameters, resolve=True)) as fan:
+            self.fanout_start_seconds = fan.start_seconds
+            yield cmaes.in_space(space, fan)
 
     def evaluate(self, layer: int, split: str, cells: dict[str, tuple[torch.Tensor, float]]) -> dict[str, dict]:
         """Accuracy and fitness of each named (vector, strength) on a split."""
@@ -312,6 +350,9 @@ class CmaesJob:
             "fitness_curve": {"start": history[0]["best"], "end": history[-1]["best_so_far"]},
             "components_moved": comp.head(5).to_dict("records"),
             "seconds_per_generation": float(np.mean([h["seconds"] for h in run_gens])) if run_gens else None,
+            "fanout_workers": int(x.fanout.workers),
+            "fanout_cluster": x.fanout.cluster if x.fanout.workers else None,
+            "fanout_start_seconds": self.fanout_start_seconds,  # None: no workers started (in-process, or resumed done)
             "failed_cells": [{"cell": c, "error": tb} for c, tb in failed.items()],
             "seconds": seconds,
         }
@@ -329,6 +370,34 @@ class CmaesJob:
                  ref["val"]["fitness"], ext["val"]["accuracy"], ref["val"]["accuracy"], ext["test"]["accuracy"],
                  ref["test"]["accuracy"], summary["cosine"]["refined_vs_extracted"], self.out)
         return summary
+
+
+def worker_fitness(cfg_path: str, cwd: str, layer: int, base_key: str) -> cmaes.Fitness:
+    """A fan-out worker's fitness: the coordinator's, rebuilt from its resolved config.
+
+    Loads the benchmark and the model as the coordinator did and builds the same fitness
+    plugin at ``layer`` on val (for the MC fitnesses the prefix cache is computed here, once,
+    for every generation the worker serves). Torch uses ``resources.cpus_per_task`` threads.
+
+    Args:
+        cfg_path: the coordinator's resolved config (YAML).
+        cwd: the coordinator's working directory: relative paths in the config mean the same.
+        layer: the search's layer.
+        base_key: ``store.key`` of the coordinator's ``SteerJob.base_key`` (model and data).
+
+    Raises:
+        RuntimeError: this worker loaded another model or other data than the coordinator.
+    """
+    os.chdir(cwd)
+    cfg = OmegaConf.merge(OmegaConf.structured(EasConfig), OmegaConf.load(cfg_path))
+    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_task)))
+    job = CmaesJob(cfg, Path(cfg_path).parent)
+    job.steer.load()
+    if store.key(job.steer.base_key) != base_key:
+        raise RuntimeError(f"fan-out worker: model {job.steer.lm.name} or benchmark {job.steer.bench.name} "
+                           f"differs from the coordinator's (fingerprint {store.key(job.steer.base_key)} != "
+                           f"{base_key}); the workers must see the same model files and data as the job")
+    return FITNESSES[cfg.experiment.fitness](job, layer, "val")
 
 
 def _question(item: MCItem) -> str:

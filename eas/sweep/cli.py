@@ -52,7 +52,8 @@ def status(sweep_dir: Path, wait: bool, poll_s: float, as_json: bool) -> int:
     else:
         print(f"sweep {sweep_dir}: {st.counts()}")
         if not st.slurm_answered and st.manifest is not None:
-            print("  (SLURM did not answer: states are from the job records only)")
+            who = "Vast.ai" if (st.manifest or {}).get("launcher") == "vast" else "SLURM"
+            print(f"  ({who} did not answer: states are from the job records only)")
         if st.cells:
             print(st.table())
         report = sweep_dir / "report" / "summary_table.md"
@@ -65,7 +66,7 @@ def resume(sweep_dir: Path, detach: bool | None, overrides: list[str]) -> int:
     manifest = records.read_manifest(sweep_dir)
     if manifest is None:
         print(f"eas-sweep: error: {sweep_dir} has no {records.MANIFEST}; only sweeps launched with "
-              f"hydra/launcher=slurm can be resumed", file=sys.stderr)
+              f"hydra/launcher=slurm or hydra/launcher=vast can be resumed", file=sys.stderr)
         return 2
     bad = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
     if bad:

@@ -1,0 +1,113 @@
+"""experiment=cmaes fanned out over a SLURM job array on a real single-node cluster
+(``launchers/slurm/cluster.sh``, started for this module): two workers, the tiny random
+model, the same search as in-process; a worker cancelled with scancel fails the run with its
+job id and log, and the re-run resumes. The coordinator runs in the test process, as it would
+on a login node: the node's two CPUs go to the two workers.
+
+Needs root and the packages from ``launchers/slurm/install.sh``; skipped otherwise.
+About two minutes on 2 cores (plus the cluster's start).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from eas import store
+from eas.core import cmaes
+from eas.jobs import cmaes as cmaes_job
+from eas.jobs.fanout import WorkerError
+from eas.sweep import slurm
+from tests.unit.test_cmaes import _cfg, _history
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER = REPO / "launchers" / "slurm" / "cluster.sh"
+_MISSING = [b for b in ("slurmctld", "slurmd", "slurmdbd", "sbatch", "sacct", "munged", "mariadbd")
+            if shutil.which(b) is None]
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slurm,
+    pytest.mark.skipif(bool(_MISSING), reason=f"SLURM is not installed ({', '.join(_MISSING)} not found); "
+                                              f"install it with: sudo bash launchers/slurm/install.sh"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the local SLURM cluster runs its daemons as root"),
+]
+
+SMALL = ["experiment.popsize=4", "experiment.generations=3", "resources.cpus_per_task=1", "resources.mem_gb=2",
+         "resources.timeout_min=10", "experiment.fanout.poll_s=0.05", "experiment.fanout.start_timeout_s=240"]
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    """A cluster for this module only (stopped before tests/integration/test_slurm.py starts its own)."""
+    state = tmp_path_factory.mktemp("slurm_fanout")
+    start = subprocess.run(["bash", str(CLUSTER), "start", str(state)], check=False, capture_output=True,
+                           text=True, timeout=180)
+    if start.returncode != 0:
+        subprocess.run(["bash", str(CLUSTER), "stop", str(state)], check=False, capture_output=True, timeout=120)
+        pytest.fail(f"the local SLURM cluster did not start:\n{start.stdout}\n{start.stderr}")
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(state / "slurm.conf")
+    yield state
+    subprocess.run(["bash", str(CLUSTER), "stop", str(state)], check=False, capture_output=True, timeout=120)
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old
+
+
+def test_cmaes_on_a_slurm_array_runs_the_in_process_search(slurm_cluster, tmp_path):
+    ref = cmaes_job.run(_cfg(tmp_path, "ref", *SMALL), tmp_path / "ref_run")
+    cfg = _cfg(tmp_path, "fan", *SMALL, "experiment.fanout.workers=2", "experiment.fanout.cluster=slurm")
+    s = cmaes_job.run(cfg, tmp_path / "run")
+
+    assert s["fanout_workers"] == 2 and s["fanout_cluster"] == "slurm" and s["generations"] == ref["generations"]
+    pd.testing.assert_frame_equal(_history(tmp_path / "run"), _history(tmp_path / "ref_run"), check_exact=False,
+                                  rtol=1e-5, atol=1e-6)
+    a, b = (store.read_tensors(d / "vectors/cmaes_residual_L1.safetensors")["vector"]
+            for d in (tmp_path / "run", tmp_path / "ref_run"))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+    # one array of two tasks, both ended on `stop` (COMPLETED), each serving from its queue
+    logs = sorted((tmp_path / "run" / "fanout" / "submitit").glob("*_log.err"))
+    ids = sorted(p.name.split("_log")[0].rsplit("_", 1)[0] for p in logs)
+    assert len(ids) == 2 and len({i.split("_")[0] for i in ids}) == 1, ids
+    states = slurm.job_states(ids)
+    assert states is not None and set(states.values()) <= {"COMPLETED", "COMPLETING"}, states
+    for p in logs:
+        assert "stop after" in p.read_text(), p.read_text()[-2000:]
+
+
+def test_a_cancelled_worker_fails_the_job_and_a_rerun_resumes(slurm_cluster, tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, "fan", *SMALL, "experiment.fanout.workers=2", "experiment.fanout.cluster=slurm")
+    real_step = cmaes.Refiner.step
+    cancelled = {}
+
+    def step_then_scancel(self, fitness):
+        if self.generation == 2:  # two generations checkpointed: cancel worker 1's array task
+            ready = store.read_json(tmp_path / "run1" / "fanout" / "worker_1" / "ready")
+            cancelled["job_id"] = ready["job_id"]
+            subprocess.run(["scancel", ready["job_id"]], check=True, timeout=30)
+            end = time.monotonic() + 60  # submitit's task ignores SIGTERM: SLURM kills it after KillWait
+            while slurm.is_live((slurm.job_states([ready["job_id"]]) or {}).get(ready["job_id"], "RUNNING")):
+                assert time.monotonic() < end, f"job {ready['job_id']} still live 60s after scancel"
+                time.sleep(0.2)
+        return real_step(self, fitness)
+
+    monkeypatch.setattr(cmaes.Refiner, "step", step_then_scancel)
+    with pytest.raises(WorkerError) as err:
+        cmaes_job.run(cfg, tmp_path / "run1")
+    msg = str(err.value)
+    assert f"fan-out worker 1 (submitit job {cancelled['job_id']}, state CANCELLED" in msg, msg
+    assert str(tmp_path / "run1" / "fanout" / "submitit" / f"{cancelled['job_id']}_0_log.err") in msg, msg
+
+    monkeypatch.setattr(cmaes.Refiner, "step", real_step)
+    s = cmaes_job.run(cfg, tmp_path / "run2")
+    assert s["resumed_from"] == 2 and s["generations"] == 3 and s["fanout_cluster"] == "slurm"
