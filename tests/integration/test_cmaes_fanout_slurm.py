@@ -1,5 +1,5 @@
 """experiment=cmaes fanned out over a SLURM job array on a real single-node cluster
-(``launchers/slurm/cluster.sh``, started for this module): two workers, the tiny random
+(``launchers/slurm/cluster.sh``, shared with test_slurm.py): two workers, the tiny random
 model, the same search as in-process; a worker cancelled with scancel fails the run with its
 job id and log, and the re-run resumes. The coordinator runs in the test process, as it would
 on a login node: the node's two CPUs go to the two workers.
@@ -10,11 +10,8 @@ About two minutes on 2 cores (plus the cluster's start).
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -25,42 +22,13 @@ from eas.core import cmaes
 from eas.jobs import cmaes as cmaes_job
 from eas.jobs.fanout import WorkerError
 from eas.sweep import slurm
+from tests.integration.local_slurm import MARKS
 from tests.unit.test_cmaes import _cfg, _history
 
-REPO = Path(__file__).resolve().parents[2]
-CLUSTER = REPO / "launchers" / "slurm" / "cluster.sh"
-_MISSING = [b for b in ("slurmctld", "slurmd", "slurmdbd", "sbatch", "sacct", "munged", "mariadbd")
-            if shutil.which(b) is None]
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.slurm,
-    pytest.mark.skipif(bool(_MISSING), reason=f"SLURM is not installed ({', '.join(_MISSING)} not found); "
-                                              f"install it with: sudo bash launchers/slurm/install.sh"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="the local SLURM cluster runs its daemons as root"),
-]
+pytestmark = MARKS
 
 SMALL = ["experiment.popsize=4", "experiment.generations=3", "resources.cpus_per_task=1", "resources.mem_gb=2",
          "resources.timeout_min=10", "experiment.fanout.poll_s=0.05", "experiment.fanout.start_timeout_s=240"]
-
-
-@pytest.fixture(scope="module")
-def slurm_cluster(tmp_path_factory):
-    """A cluster for this module only (stopped before tests/integration/test_slurm.py starts its own)."""
-    state = tmp_path_factory.mktemp("slurm_fanout")
-    start = subprocess.run(["bash", str(CLUSTER), "start", str(state)], check=False, capture_output=True,
-                           text=True, timeout=180)
-    if start.returncode != 0:
-        subprocess.run(["bash", str(CLUSTER), "stop", str(state)], check=False, capture_output=True, timeout=120)
-        pytest.fail(f"the local SLURM cluster did not start:\n{start.stdout}\n{start.stderr}")
-    old = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(state / "slurm.conf")
-    yield state
-    subprocess.run(["bash", str(CLUSTER), "stop", str(state)], check=False, capture_output=True, timeout=120)
-    if old is None:
-        os.environ.pop("SLURM_CONF", None)
-    else:
-        os.environ["SLURM_CONF"] = old
 
 
 def test_cmaes_on_a_slurm_array_runs_the_in_process_search(slurm_cluster, tmp_path):
@@ -79,7 +47,10 @@ def test_cmaes_on_a_slurm_array_runs_the_in_process_search(slurm_cluster, tmp_pa
     logs = sorted((tmp_path / "run" / "fanout" / "submitit").glob("*_log.err"))
     ids = sorted(p.name.split("_log")[0].rsplit("_", 1)[0] for p in logs)
     assert len(ids) == 2 and len({i.split("_")[0] for i in ids}) == 1, ids
-    states = slurm.job_states(ids)
+    end = time.monotonic() + 60  # a task's result is written just before its process exits and SLURM sees it end
+    while (states := slurm.job_states(ids)) and any(slurm.is_live(st) for st in states.values()):
+        assert time.monotonic() < end, f"array tasks still live 60s after the run: {states}"
+        time.sleep(0.5)
     assert states is not None and set(states.values()) <= {"COMPLETED", "COMPLETING"}, states
     for p in logs:
         assert "stop after" in p.read_text(), p.read_text()[-2000:]

@@ -1,5 +1,5 @@
 """eas sweeps on a real single-node SLURM cluster with accounting, started on this machine by
-``launchers/slurm/cluster.sh`` (once per session). Every sweep runs the tiny random model in
+``launchers/slurm/cluster.sh`` (once per session, ``conftest.py``). Every sweep runs the tiny random model in
 its own submitit folder, store and outputs (EAS_STORE/EAS_OUTPUTS per test).
 
 Needs root and the packages from ``launchers/slurm/install.sh``; skipped otherwise.
@@ -10,51 +10,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from eas.sweep import slurm
+from tests.integration.local_slurm import MARKS
 
-REPO = Path(__file__).resolve().parents[2]
-CLUSTER = REPO / "launchers" / "slurm" / "cluster.sh"
-_MISSING = [b for b in ("slurmctld", "slurmd", "slurmdbd", "sbatch", "sacct", "munged", "mariadbd")
-            if shutil.which(b) is None]
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.slurm,
-    pytest.mark.skipif(bool(_MISSING), reason=f"SLURM is not installed ({', '.join(_MISSING)} not found); "
-                                              f"install it with: sudo bash launchers/slurm/install.sh"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="the local SLURM cluster runs its daemons as root"),
-]
+pytestmark = MARKS
 
 # one CPU per job: two jobs at once on a 2-core machine
 COMMON = ["hydra/launcher=slurm", "model=tiny_random", "resources.cpus_per_task=1", "resources.mem_gb=2",
           "hydra.launcher.poll_s=1", "progress=false"]
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
-    state = tmp_path_factory.mktemp("slurm")
-    start = subprocess.run(["bash", str(CLUSTER), "start", str(state)], check=False, capture_output=True,
-                           text=True, timeout=180)
-    if start.returncode != 0:
-        subprocess.run(["bash", str(CLUSTER), "stop", str(state)], check=False, capture_output=True, timeout=120)
-        pytest.fail(f"the local SLURM cluster did not start:\n{start.stdout}\n{start.stderr}")
-    old = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(state / "slurm.conf")
-    yield state
-    subprocess.run(["bash", str(CLUSTER), "stop", str(state)], check=False, capture_output=True, timeout=120)
-    if old is None:
-        os.environ.pop("SLURM_CONF", None)
-    else:
-        os.environ["SLURM_CONF"] = old
 
 
 def eas(*overrides: str, env: dict | None = None, timeout: float = 300, background: bool = False):
