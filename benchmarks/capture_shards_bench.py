@@ -31,9 +31,9 @@ from eas.jobs.steer import SteerJob
 
 # the architecture of a conf/model preset, built random-init (speed does not depend on the weights)
 RANDOM_SHAPES = {
-    "llama31_8b_instruct": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                                num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-                                max_position_embeddings=8192),
+    "llama31_8b_instruct": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+        "max_position_embeddings": 8192},
 }
 
 

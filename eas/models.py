@@ -209,7 +209,7 @@ def embedded_gguf(name: str) -> Path:
     spec = importlib.util.find_spec(info["package"])
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(f"embedded model {name!r} is not installed; run: {info['install']}")
-    folder = Path(list(spec.submodule_search_locations)[0])
+    folder = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(folder.glob(info["file"]))
     if not files and name == "gemma3_270m":
         files = _assemble_gemma(folder)

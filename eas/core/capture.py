@@ -83,7 +83,7 @@ def capture(
     for batch in batches(token_rows, batch_size, pad, device):
         seen: dict[int, Tensor] = {}
 
-        def record(layer):
+        def record(layer, seen=seen):
             def fn(output):
                 seen[layer] = _hidden(output)
                 return output

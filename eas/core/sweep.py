@@ -211,9 +211,9 @@ def auto_batch_size(model, max_tokens: int = 512, cells_per_pass: int = 64, toke
     cfg = model.config
     free, _ = torch.cuda.mem_get_info(device)
     elem = next(model.parameters()).element_size()
-    d = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd")
-    n_layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
-    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head")
+    d = getattr(cfg, "hidden_size", None) or cfg.n_embd
+    n_layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
+    heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     head_dim = getattr(cfg, "head_dim", None) or d // heads
     inter = getattr(cfg, "intermediate_size", None) or 4 * d

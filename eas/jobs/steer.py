@@ -228,8 +228,8 @@ class SteerJob:
                 part = todo[start:start + chunk]
                 try:
                     scores = self._sweep(rows, n_opts, [sweep_mod.Cell(L, s, vecs[L]) for L, s in part],
-                                         lambda n, k=len(part): bar.update(n * k))
-                except Exception as e:  # noqa: BLE001 - record and go on; the report lists failures
+                                         lambda n, k=len(part): bar.update(n * k))  # noqa: B008 - binds this chunk's size
+                except Exception as e:
                     if isinstance(e, KeyboardInterrupt):
                         raise
                     tb = traceback.format_exc()
@@ -309,7 +309,7 @@ class SteerJob:
             u = base["test"].correct
             a = best_test.correct
             test_block = {"accuracy": best_test.accuracy, "unsteered_accuracy": base["test"].accuracy,
-                          "delta": best_test.accuracy - base["test"].accuracy, "n": int(len(a)),
+                          "delta": best_test.accuracy - base["test"].accuracy, "n": len(a),
                           "wrong_to_right": int((~u & a).sum()), "right_to_wrong": int((u & ~a).sum())}
         summary = {
             **meta, "method": self.method,

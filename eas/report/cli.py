@@ -1,9 +1,10 @@
 """``eas-report DIR [DIR...] [--out OUT]``: merge runs, select on val, write tables and figures.
 
 Each DIR is a run dir, a Hydra multirun dir, or any folder holding them; every
-``results.parquet`` below it is merged. OUT (default: ``<first DIR>/report``) receives
-``merged_results.parquet``, ``merged_results.csv``, ``summary_table.md``,
-``summary_table.csv`` and ``figures/``. The markdown table is printed.
+``results.parquet`` (steering runs) below it is merged. OUT (default: ``<first DIR>/report``)
+receives ``merged_results.parquet``, ``merged_results.csv``, ``summary_table.md``,
+``summary_table.csv`` and ``figures/``. Probe runs (``probe_results.parquet``) add
+``merged_probe_results.parquet``/``.csv`` and ``probe_table.md``. The markdown table is printed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import pandas as pd
 
 from eas.report.figures import write_figures
 from eas.report.seeds import write_seed_report
+
+PROBE_FILE = "probe_results.parquet"
 from eas.report.tables import (
+    RESULTS_FILE,
     NoResultsError,
     cross_benchmark_table,
     load_runs,
@@ -69,24 +73,57 @@ def write_report(paths: Sequence[str | Path], out: str | Path | None = None) -> 
         out: Output folder; default ``<paths[0]>/report``.
 
     Returns:
-        The summary table (``cross_benchmark_table`` of the merged results).
+        The summary table (``cross_benchmark_table`` of the merged steering results; an
+        empty frame without columns when the paths hold probe runs only).
 
     Raises:
-        NoResultsError: A path has no ``results.parquet`` anywhere in it.
+        NoResultsError: A path has neither ``results.parquet`` nor ``probe_results.parquet`` in it.
     """
     paths = [Path(p) for p in paths]
     out = Path(out) if out is not None else paths[0] / "report"
-    results = load_runs(paths)
+    steer = [p for p in paths if _holds(p, RESULTS_FILE)]
+    probe = [p for p in paths if _holds(p, PROBE_FILE)]
+    for p in paths:
+        if not p.exists():
+            raise NoResultsError(f"{p}: no such file or directory")
+        if p not in steer and p not in probe:
+            raise NoResultsError(f"{p}: no {RESULTS_FILE} (steering runs) or {PROBE_FILE} (probe runs) in it or any "
+                                 f"subfolder (is it a run dir, a Hydra multirun dir, or a folder of those?)")
+    if probe:
+        write_probe_report(probe, out)
+    if not steer:
+        return pd.DataFrame()
+    results = load_runs(steer)
     table = cross_benchmark_table(results)
     out.mkdir(parents=True, exist_ok=True)
     results.to_parquet(out / "merged_results.parquet", index=False)
     results.to_csv(out / "merged_results.csv", index=False)
     table.to_csv(out / "summary_table.csv", index=False)
-    report = _markdown_report(table, results, _failed_cells(paths))
+    report = _markdown_report(table, results, _failed_cells(steer))
     seeds = write_seed_report(results, out)  # across-seed statistics when a group has >= 2 seeds
     (out / "summary_table.md").write_text(report if seeds is None else f"{report}\n{seeds}")
     write_figures(results, out / "figures")
     return table
+
+
+def _holds(path: Path, filename: str) -> bool:
+    if path.is_file():
+        return path.name == filename
+    return path.is_dir() and next(path.rglob(filename), None) is not None
+
+
+def write_probe_report(paths: Sequence[Path], out: Path) -> str:
+    """``merged_probe_results.parquet``/``.csv`` and ``probe_table.md`` of the probe runs under ``paths``."""
+    from eas.report.probes import merged_probe_markdown, probe_summaries
+    from eas.report.seeds import load_probe_runs
+
+    results = load_probe_runs(paths)
+    out.mkdir(parents=True, exist_ok=True)
+    results.to_parquet(out / "merged_probe_results.parquet", index=False)
+    results.to_csv(out / "merged_probe_results.csv", index=False)
+    text = merged_probe_markdown(probe_summaries(paths), results)
+    (out / "probe_table.md").write_text(text)
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,7 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"eas-report: error: {err}", file=sys.stderr)
         return 2
     out = args.out if args.out is not None else args.dirs[0] / "report"
-    print(to_markdown(table))
+    if any(_holds(d, PROBE_FILE) for d in args.dirs):
+        print((out / "probe_table.md").read_text())
+    if len(table.columns):  # steering runs were merged
+        print(to_markdown(table))
     print(f"\nwrote {out}")
     return 0
 

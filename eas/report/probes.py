@@ -253,3 +253,40 @@ def summary_markdown(summary: dict, df: pd.DataFrame) -> str:
         to_markdown(layer_table(df)),
     ]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- many runs
+
+
+def probe_summaries(paths) -> list[dict]:
+    """The ``summary.json`` of every probe run under ``paths``, each with its ``run_dir``."""
+    import json
+
+    from eas.report.tables import _find
+
+    out = []
+    for f in _find(paths, "probe_results.parquet"):
+        s = f.parent / "summary.json"
+        if s.exists():
+            out.append({**json.loads(s.read_text()), "run_dir": str(f.parent)})
+    return out
+
+
+def merged_probe_markdown(summaries: list[dict], results: pd.DataFrame) -> str:
+    """``probe_table.md`` over many probe runs: each run's headline rows at its own selected layer,
+    then, for groups with two or more seeds, AUROC across seeds against the best random direction."""
+    from eas.report.seeds import probe_headline, probe_seed_table
+
+    lines = ["# eas probe report", "",
+             (f"{len(summaries)} probe run(s). Each run's layer (and pooling) was selected by its own protocol "
+             "(inner folds or val); AUROC with its bootstrap 95% CI; p-values against the run's random "
+             "directions, Holm-adjusted over the layers it compared."), ""]
+    if summaries:
+        lines.append(headline_table(pd.concat([headline_rows(s) for s in summaries], ignore_index=True)))
+    table = probe_seed_table(results)
+    if not table.empty and (table["n_seeds"] >= 2).any():
+        lines += ["", "## Across seeds", "",
+                  ("Per (pooling, layer, probe): mean ± sd of AUROC over seeds, 95% t-interval, paired t-test "
+                  "(one-sided) of AUROC over the seed's best random direction, Holm over the rows."), "",
+                  headline_table(probe_headline(table[table["n_seeds"] >= 2]))]
+    return "\n".join(lines) + "\n"

@@ -137,3 +137,25 @@ def test_poolings():
     assert probe_job.poolings(_cfg()) == ["last"]
     assert probe_job.poolings(_cfg("method.position=mean")) == ["mean"]
     assert probe_job.poolings(_cfg("experiment.pooling=[last,mid]")) == ["last", "mid"]
+
+
+def test_eas_report_merges_probe_runs_with_statistics_across_seeds(tmp_path, capsys):
+    from eas.report import cli
+
+    for seed in (0, 1):
+        probe_job.run(_cfg("benchmark=eas_sycophancy", f"seed={seed}"), tmp_path / "runs" / f"seed{seed}")
+    assert cli.main([str(tmp_path / "runs")]) == 0
+    out = tmp_path / "runs" / "report"
+    md = (out / "probe_table.md").read_text()
+    assert "2 probe run(s)" in md and "## Across seeds" in md
+    assert "(2 seeds)" in md and "logreg AUROC" in md
+    merged = pd.read_parquet(out / "merged_probe_results.parquet")
+    assert set(merged["seed"]) == {0, 1} and merged["run_dir"].nunique() == 2
+    assert len(merged) == sum(len(pd.read_parquet(d / "probe_results.parquet"))
+                              for d in (tmp_path / "runs").glob("seed*"))
+    assert not (out / "summary_table.md").exists()  # no steering run: no steering table
+    assert "# eas probe report" in capsys.readouterr().out
+
+    (tmp_path / "empty").mkdir()
+    assert cli.main([str(tmp_path / "empty")]) == 2
+    assert "probe_results.parquet" in capsys.readouterr().err
