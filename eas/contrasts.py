@@ -26,6 +26,11 @@ class Contrast:
     negatives: list[str]
     paired: bool  # positives[i] and negatives[i] come from the same item
 
+    @property
+    def texts(self) -> list[str]:
+        """Positives then negatives: the order one capture pass over both sides uses."""
+        return [*self.positives, *self.negatives]
+
 
 def build(
     method: str,

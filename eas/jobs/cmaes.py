@@ -221,8 +221,7 @@ class CmaesJob:
         # the activations the vector was extracted from (store hits: vectors() captured them)
         contrast = contrasts.build(job.method, job.splits["train"], base["train"].preds, job.prompter,
                                    seed=cfg.seed, min_per_class=cfg.method.min_per_class)
-        train_acts = torch.cat([job.activations(contrast.positives)[layer],
-                                job.activations(contrast.negatives)[layer]])
+        train_acts = job.activations(contrast.texts)[layer]
         space = cmaes.Space.from_activations(train_acts, vecs[layer], int(x.k), strength0,
                                              bool(x.optimize_strength))
         if space.k < x.k:

@@ -158,11 +158,11 @@ class SteerJob:
                                    seed=cfg.seed, min_per_class=cfg.method.min_per_class)
         log.info("%s contrast: %d positives, %d negatives", self.method,
                  len(contrast.positives), len(contrast.negatives))
-        pos = self.activations(contrast.positives)
-        neg = self.activations(contrast.negatives)
+        acts = self.activations(contrast.texts)  # one pass over both sides: fewer, fuller batches
+        n_pos = len(contrast.positives)
         out = {}
         for L in self.layers:
-            v = vectors_mod.build_vector(self.method, pos[L], neg[L], seed=cfg.seed)
+            v = vectors_mod.build_vector(self.method, acts[L][:n_pos], acts[L][n_pos:], seed=cfg.seed)
             if cfg.method.normalize:
                 v = vectors_mod.normalize(v)
             self.store.put_tensors("vectors", vkeys[L], {"vector": v})

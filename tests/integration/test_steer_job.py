@@ -120,7 +120,7 @@ def test_sharded_capture_gives_the_same_vectors(tmp_path):
         job.load()
         vecs[size] = job.vectors(job.unsteered()["train"])
         shards = list((tmp_path / str(size) / "activations").rglob("*.safetensors"))
-        # positives and negatives: one record each unsharded, several with 7 texts a shard
-        assert len(shards) == 2 if size == 2048 else len(shards) >= 3, shards
+        # positives and negatives in one capture: one record unsharded, several with 7 texts a shard
+        assert len(shards) == 1 if size == 2048 else len(shards) >= 3, shards
     for layer in (1, 3):
         torch.testing.assert_close(vecs[7][layer], vecs[2048][layer], atol=1e-5, rtol=1e-4)
