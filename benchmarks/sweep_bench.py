@@ -173,15 +173,19 @@ def main(argv=None):
     half = len(train_rows) // 2
     n_val_tokens = sum(len(r) for r in val_rows)
 
-    # -- eas (each phase: fastest of --repeat runs; the first run warms kernels and allocator) --
-    r = args.repeat
-    acts, t_capture = timed(args.device, lambda: capture.capture(
-        model, sites, train_rows, layers, args.site, ("last",), bs, pad)["last"], r)
-    vecs = {layer: vectors.mean_difference(acts[k, :half], acts[k, half:]) for k, layer in enumerate(layers)}
-    cells = [sweep.Cell(layer, s, vecs[layer]) for layer in layers for s in strengths]
-    _, t_unsteered = timed(args.device, lambda: score.score_mc(model, val_rows, n_opts, head, bs, pad), r)
-    fast, t_sweep = timed(args.device, lambda: sweep.sweep_mc(
-        model, sites, val_rows, n_opts, head, args.site, cells, bs, cpp, pad), r)
+    def eas_phases():
+        """The eas path, each phase the fastest of --repeat runs (the first warms kernels and
+        allocator): the grid's cells, their scores and the seconds of each phase."""
+        acts, t_cap = timed(args.device, lambda: capture.capture(
+            model, sites, train_rows, layers, args.site, ("last",), bs, pad)["last"], args.repeat)
+        vecs = {layer: vectors.mean_difference(acts[k, :half], acts[k, half:]) for k, layer in enumerate(layers)}
+        grid = [sweep.Cell(layer, s, vecs[layer]) for layer in layers for s in strengths]
+        _, t_un = timed(args.device, lambda: score.score_mc(model, val_rows, n_opts, head, bs, pad), args.repeat)
+        scores, t_sw = timed(args.device, lambda: sweep.sweep_mc(
+            model, sites, val_rows, n_opts, head, args.site, grid, bs, cpp, pad), args.repeat)
+        return grid, scores, t_cap, t_un, t_sw
+
+    cells, fast, t_capture, t_unsteered, t_sweep = eas_phases()
     t_eas = t_capture + t_sweep
     capture_tokens = sum(len(r) for r in train_rows) * (max(layers) + 1) / L
     capture_tflops = flops_per_token(model) * capture_tokens / t_capture / 1e12
@@ -236,11 +240,7 @@ def main(argv=None):
         from eas.core.compile import compile_blocks
 
         _, t_compile = timed(args.device, lambda: compile_blocks(model, sites))
-        _, c_capture = timed(args.device, lambda: capture.capture(
-            model, sites, train_rows, layers, args.site, ("last",), bs, pad), r)
-        _, c_unsteered = timed(args.device, lambda: score.score_mc(model, val_rows, n_opts, head, bs, pad), r)
-        cfast, c_sweep = timed(args.device, lambda: sweep.sweep_mc(
-            model, sites, val_rows, n_opts, head, args.site, cells, bs, cpp, pad), r)
+        _, cfast, c_capture, c_unsteered, c_sweep = eas_phases()
         out.update({
             "compile_s": t_compile,
             "compiled_speedup_capture": t_capture / c_capture,

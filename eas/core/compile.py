@@ -39,7 +39,7 @@ def regions(sites: SiteMap) -> list[tuple[str, nn.Module]]:
     return out
 
 
-def compile_blocks(model: nn.Module, sites: SiteMap, mode: str | None = None) -> int:
+def compile_blocks(model: nn.Module, sites: SiteMap) -> int:
     """Compile the ``forward`` of every region (module docstring), with dynamic shapes.
 
     Runs one small forward pass so that compiling happens (and fails, if it does)
@@ -55,7 +55,7 @@ def compile_blocks(model: nn.Module, sites: SiteMap, mode: str | None = None) ->
     found = regions(sites)
     for _, module in found:
         if not getattr(module.forward, "_eas_compiled", False):
-            compiled = torch.compile(module.forward, dynamic=True, mode=mode)
+            compiled = torch.compile(module.forward, dynamic=True)
             compiled._eas_compiled = True
             module.forward = compiled
     device = next(model.parameters()).device
@@ -65,9 +65,9 @@ def compile_blocks(model: nn.Module, sites: SiteMap, mode: str | None = None) ->
             ids = torch.ones(2, 3, dtype=torch.long, device=device)  # not 1: dynamo specialises sizes 0 and 1
             model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
     except Exception as e:
-        raise RuntimeError(
-            f"model.compile=true: torch.compile failed on {type(model).__name__} ({type(e).__name__}: "
-            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); run with model.compile=false") from e
+        first = next(iter(str(e).strip().splitlines()), "")
+        raise RuntimeError(f"model.compile=true: torch.compile failed on {type(model).__name__} "
+                           f"({type(e).__name__}: {first}); run with model.compile=false") from e
     log.info("torch.compile: %d regions (%s) compiled in %.1fs", len(found),
              ", ".join(sorted({n.split('.', 1)[1] for n, _ in found})), time.perf_counter() - t)
     return len(found)

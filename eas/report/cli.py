@@ -121,7 +121,7 @@ def write_probe_report(paths: Sequence[Path], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     results.to_parquet(out / "merged_probe_results.parquet", index=False)
     results.to_csv(out / "merged_probe_results.csv", index=False)
-    text = merged_probe_markdown(probe_summaries(paths), results)
+    text = merged_probe_markdown(probe_summaries(results["run_dir"].unique()), results)
     (out / "probe_table.md").write_text(text)
     return text
 

@@ -15,6 +15,8 @@ Figures use ``matplotlib.figure.Figure`` with the Agg canvas (no pyplot state), 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from eas.report.seeds import HEADLINE_COLUMNS, fmt_ci, fmt_p, headline_table
+from eas.report.seeds import (
+    HEADLINE_COLUMNS,
+    fmt_ci,
+    fmt_p,
+    headline_table,
+    probe_headline,
+    probe_seed_table,
+)
 from eas.report.tables import to_markdown
 
 _COLORS = {"logreg": "#2166ac", "mean_diff": "#d6604d", "ccs": "#1b7837", "logreg_lexical": "#762a83",
@@ -258,25 +267,19 @@ def summary_markdown(summary: dict, df: pd.DataFrame) -> str:
 # --------------------------------------------------------------------------- many runs
 
 
-def probe_summaries(paths) -> list[dict]:
-    """The ``summary.json`` of every probe run under ``paths``, each with its ``run_dir``."""
-    import json
-
-    from eas.report.tables import _find
-
+def probe_summaries(run_dirs: Sequence[str | Path]) -> list[dict]:
+    """The ``summary.json`` of every probe run dir that has one, each with its ``run_dir``."""
     out = []
-    for f in _find(paths, "probe_results.parquet"):
-        s = f.parent / "summary.json"
+    for d in run_dirs:
+        s = Path(d) / "summary.json"
         if s.exists():
-            out.append({**json.loads(s.read_text()), "run_dir": str(f.parent)})
+            out.append({**json.loads(s.read_text()), "run_dir": str(d)})
     return out
 
 
 def merged_probe_markdown(summaries: list[dict], results: pd.DataFrame) -> str:
     """``probe_table.md`` over many probe runs: each run's headline rows at its own selected layer,
     then, for groups with two or more seeds, AUROC across seeds against the best random direction."""
-    from eas.report.seeds import probe_headline, probe_seed_table
-
     lines = ["# eas probe report", "",
              (f"{len(summaries)} probe run(s). Each run's layer (and pooling) was selected by its own protocol "
              "(inner folds or val); AUROC with its bootstrap 95% CI; p-values against the run's random "
