@@ -52,7 +52,7 @@ def status(sweep_dir: Path, wait: bool, poll_s: float, as_json: bool) -> int:
     else:
         print(f"sweep {sweep_dir}: {st.counts()}")
         if not st.slurm_answered and st.manifest is not None:
-            who = "Vast.ai" if (st.manifest or {}).get("launcher") == "vast" else "SLURM"
+            who = "Vast.ai" if st.manifest.get("launcher") == "vast" else "SLURM"
             print(f"  ({who} did not answer: states are from the job records only)")
         if st.cells:
             print(st.table())

@@ -26,14 +26,8 @@ def _root(sweep_dir: Path) -> Path:
 
 
 def _lose_unfinished(root: Path) -> int:
-    n = 0
-    for state_file in root.glob(f"*/{records.JOB_STATE}"):
-        rec = records.read_job_state(state_file.parent) or {}
-        if rec.get("state") not in records.TERMINAL:
-            records.set_job_state(state_file.parent, "NODE_FAIL" if rec.get("state") == "RUNNING" else "CANCELLED",
-                                  error="instance destroyed by eas-vast destroy")
-            n += 1
-    return n
+    return sum(records.mark_lost(f.parent, "instance destroyed by eas-vast destroy")
+               for f in root.glob(f"*/{records.JOB_STATE}"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for iid, r in insts.items():
             print(f"{iid}\t{r['last']}\t{r.get('gpu_name', '?')}\t${r.get('dph_total', '?')}/h\t{r.get('label', '')}")
         return 0
-    live = records.live_instances(root)
+    live = [i for i, r in insts.items() if r["last"] != "destroyed"]
     rc = 0
     if live:
         try:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from submitit.core import core, job_environment, utils
 
+from eas.sweep import records as sweep_records
 from eas.vast import api, records
 from eas.vast.remote import Remote
 
@@ -114,10 +115,8 @@ class InstanceRunner:
         finally:
             self.destroy(vast)  # first: a job that reads as ended has no instance left behind
             for job in self.jobs if error else []:
-                if job.state in records.TERMINAL or job.paths.result_pickle.exists():
-                    continue
-                lost = "NODE_FAIL" if job.job_id in started else "CANCELLED"
-                records.set_job_state(job.paths.folder, lost, error=error, instance_id=self.last_instance_id)
+                records.mark_lost(job.paths.folder, error, ran=job.job_id in started,
+                                  instance_id=self.last_instance_id)
             with _RUNNERS_LOCK:
                 _RUNNERS.discard(self)
 
@@ -178,7 +177,7 @@ class InstanceRunner:
         env = {"SUBMITIT_EXECUTOR": "vast", "EAS_VAST_JOB_ID": job.job_id, "EAS_VAST_NTASKS": "1",
                "EAS_VAST_NNODES": "1", "EAS_VAST_NODEID": "0", "EAS_VAST_GLOBALID": "0", "EAS_VAST_LOCALID": "0",
                "PYTHONPATH": str(code_dir()), "PYTHONUNBUFFERED": "1",
-               **{k: os.environ[k] for k in ("EAS_STORE", "EAS_OUTPUTS", "HF_TOKEN") if k in os.environ},
+               **{k: os.environ[k] for k in (*sweep_records.ENV_KEYS, "HF_TOKEN") if k in os.environ},
                **{str(k): str(v) for k, v in (self.p.get("env") or {}).items()}}
         cwd = os.getcwd()
         folder_pattern = str(self.root / "%j")
@@ -239,10 +238,7 @@ def teardown_all(reason: str = "interrupted") -> None:
         if r.thread.is_alive() and r.thread is not threading.current_thread():
             r.thread.join(30)
         for job in r.jobs:
-            st = job.state
-            if st not in records.TERMINAL and not job.paths.result_pickle.exists():
-                records.set_job_state(job.paths.folder, "NODE_FAIL" if st == "RUNNING" else "CANCELLED",
-                                      error=reason)
+            records.mark_lost(job.paths.folder, reason)
 
 
 atexit.register(teardown_all, "the launcher exited")

@@ -54,7 +54,6 @@ class VastSweepConf(BaseQueueConf):
     detach: bool = False  # not supported: the launcher drives the instances
 
 
-SWEEP_ONLY = ("detach", "cells_per_job", "pack_keys", "poll_s")
 
 
 class VastSweepLauncher(SweepLauncher):
@@ -76,8 +75,7 @@ class VastSweepLauncher(SweepLauncher):
             if self.sweep_opts.get("detach"):
                 raise api.VastError("hydra/launcher=vast does not detach: the launcher drives the instances and "
                                     "destroys them; keep it running (e.g. in tmux)")
-            api.api_key()
-            api.client(self.params.get("server_url"))  # the SDK is installed
+            api.client(self.params.get("server_url"))  # a key, and the SDK is installed
         except api.VastError as e:  # before anything is rented: a message, not a traceback
             print(f"eas: error: {e}", file=sys.stderr)
             sys.exit(2)

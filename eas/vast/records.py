@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
+
+from eas.sweep.records import now, read_json
 
 INSTANCES = "vast_instances.jsonl"
 JOB_STATE = "vast_state.json"
@@ -23,8 +24,7 @@ _lock = threading.Lock()
 
 
 def log_instance(root: Path, event: str, instance_id: int, **fields) -> None:
-    line = json.dumps({"event": event, "instance_id": int(instance_id), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                       **fields})
+    line = json.dumps({"event": event, "instance_id": int(instance_id), "time": now(), **fields})
     with _lock, open(Path(root) / INSTANCES, "a") as f:
         f.write(line + "\n")
 
@@ -56,15 +56,28 @@ def set_job_state(job_folder: Path, state: str, **fields) -> None:
     job_folder = Path(job_folder)
     job_folder.mkdir(parents=True, exist_ok=True)
     rec = read_job_state(job_folder) or {}
-    rec.update(state=state, updated=time.strftime("%Y-%m-%dT%H:%M:%S"), **fields)
+    rec.update(state=state, updated=now(), **fields)
     store.write_json(job_folder / JOB_STATE, rec)
 
 
 def read_job_state(job_folder: Path) -> dict | None:
-    try:
-        return json.loads((Path(job_folder) / JOB_STATE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    return read_json(Path(job_folder) / JOB_STATE)
+
+
+def mark_lost(job_folder: Path, error: str, ran: bool | None = None, **fields) -> bool:
+    """Record a job that will not finish: ``NODE_FAIL`` if it ran (by default: its recorded state
+    is ``RUNNING``), else ``CANCELLED``. A job already ended, or with a result, is left alone.
+
+    Returns:
+        Whether the job was marked.
+    """
+    job_folder = Path(job_folder)
+    state = (read_job_state(job_folder) or {}).get("state")
+    if state in TERMINAL or any(job_folder.glob("*_result.pkl")):
+        return False
+    ran = state == "RUNNING" if ran is None else ran
+    set_job_state(job_folder, "NODE_FAIL" if ran else "CANCELLED", error=error, **fields)
+    return True
 
 
 def job_states(submitit_folder: str, job_ids) -> dict[str, str]:

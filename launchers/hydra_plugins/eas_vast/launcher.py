@@ -9,7 +9,5 @@ from eas.vast.launcher import VastSweepConf, VastSweepLauncher
 class EasVastLauncher(VastSweepLauncher, BaseSubmititLauncher):
     """hydra-submitit-launcher's launcher with eas's sweep bookkeeping, on Vast.ai instances."""
 
-    _EXECUTOR = "vast"
-
 
 ConfigStore.instance().store(group="hydra/launcher", name="eas_vast", node=VastSweepConf, provider="eas")
