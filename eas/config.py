@@ -9,6 +9,7 @@ raises ``ConfigError`` naming the field, the value seen and what is allowed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ PROMPT_FORMATS = ("chat", "plain")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 MODEL_SOURCES = ("embedded", "hub", "local", "random")
+MAX_STRENGTH = 1e4  # |strength| above this swamps any residual stream (norms are O(1-100))
 EXPERIMENTS = ("steer", "probe", "cmaes")  # each has a module eas/jobs/<name>.py with run(cfg, out_dir)
 
 
@@ -58,6 +60,7 @@ class BenchmarkConfig:
     hub_split: str | None = None
     kind: str = "mc"  # mc | ab
     options: dict[str, Any] = field(default_factory=dict)  # loader-specific
+    duplicates: str = "drop"  # drop | error: items repeating an earlier one's question and options
 
 
 @dataclass
@@ -221,8 +224,29 @@ def as_number_list(field_name: str, value: Any, kind: type) -> list:
     return out
 
 
+def check_keys(cfg: DictConfig, schema: type | None = None, prefix: str = "") -> None:
+    """Every key must be a schema field: Hydra's ``+field=value`` adds keys the schema does not
+    have, and a job would then run with the key silently ignored. Dict-typed fields
+    (``random_config``, ``options``, ...) take any key."""
+    import dataclasses
+
+    schema = schema or EasConfig
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in cfg.keys():
+        if key == "hydra" and not prefix:  # present when composed with return_hydra_config
+            continue
+        if key not in fields:
+            raise ConfigError(f"unknown config key {prefix + key!r}: it is not a field of the eas schema "
+                              f"(eas/config.py); known here: {', '.join(fields)}")
+        sub = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig) and sub is not None and dataclasses.is_dataclass(sub):
+            check_keys(node, sub, f"{prefix}{key}.")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check every value that the schema's types cannot; raise ConfigError on the first problem."""
+    check_keys(cfg)
     _choice("model.source", cfg.model.source, MODEL_SOURCES)
     _choice("model.dtype", cfg.model.dtype, DTYPES)
     _choice("model.quantization", cfg.model.quantization, QUANTIZATIONS)
@@ -235,6 +259,7 @@ def validate(cfg: DictConfig) -> None:
     _choice("steer_target.site", cfg.steer_target.site, SITES)
     _choice("prompt.format", cfg.prompt.format, PROMPT_FORMATS)
     _choice("experiment.name", cfg.experiment.name, EXPERIMENTS)
+    _choice("benchmark.duplicates", cfg.benchmark.duplicates, ("drop", "error"))
     if cfg.experiment.name == "cmaes" or cfg.method.name == "cmaes":
         _validate_cmaes(cfg)
     if cfg.experiment.name == "probe":
@@ -242,7 +267,12 @@ def validate(cfg: DictConfig) -> None:
     layers = as_number_list("layer", cfg.layer, int)
     if any(v < 0 for v in layers):
         raise ConfigError(f"layer={cfg.layer!r}: layers are 0-based block indices, >= 0")
-    as_number_list("strength", cfg.strength, float)
+    strengths = as_number_list("strength", cfg.strength, float)
+    for v in strengths:
+        # NaN/inf, or a strength that swamps the residual stream, give non-finite scores, not a result
+        if not math.isfinite(v) or abs(v) > MAX_STRENGTH:
+            raise ConfigError(f"strength={cfg.strength!r}: {v!r} is not allowed; a strength is a finite "
+                              f"number with |strength| <= {MAX_STRENGTH:g}")
     props = {
         "n_train_proportion": cfg.n_train_proportion,
         "n_val_proportion": cfg.n_val_proportion,
@@ -257,6 +287,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"max_sample_size={cfg.max_sample_size}: need at least 3 items")
     if cfg.batch_size < 0:
         raise ConfigError(f"batch_size={cfg.batch_size}: must be >= 0 (0 adapts to free memory)")
+    for name in ("cells_per_pass", "cells_per_chunk", "capture_shard_size"):
+        if not cfg[name] >= 1:
+            raise ConfigError(f"{name}={cfg[name]}: must be an integer >= 1")
+    if cfg.seed < 0:
+        raise ConfigError(f"seed={cfg.seed}: must be >= 0")
     if cfg.method.name == "mean_diff" and cfg.benchmark.kind != "ab":
         # mean_diff works on any item with a wrong option, but CAA is defined on A/B sets.
         pass

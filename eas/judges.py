@@ -11,18 +11,19 @@ The rubric (``experiment.judge.rubric``) is a template with ``{question}`` and
   ``logprobs``; every response is cached on disk by (endpoint, model, prompt), so a re-run
   or a resumed run sends nothing twice. No API key in the environment: a ``ConfigError``
   naming the variable, raised when the judge is built (before any model is loaded).
+  ``probe_endpoint`` checks that the endpoint answers at all, also before the model loads.
+  Requests go through ``requests`` (a dependency of ``gguf``) with timeouts and retries.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import math
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+import requests
 import torch
 from torch import Tensor
 
@@ -66,11 +67,58 @@ class LocalJudge:
         return rubric_logprob(scores)
 
 
+CONNECT_TIMEOUT = 10.0  # seconds to reach the server; the read timeout is the judge's own
+
+
+@functools.cache
+def _session() -> requests.Session:
+    """One pooled session whose requests retry what is transient, with backoff.
+
+    Rate limits, overloaded or restarting servers and dropped connections are retried (honouring
+    Retry-After); POST is retried too, since a temperature-0 completion asked again is the same
+    request and its answer is cached once it arrives.
+    """
+    from requests.adapters import HTTPAdapter
+    from urllib3.util import Retry
+
+    retry = Retry(total=5, connect=3, read=2, backoff_factor=1.0, backoff_max=30.0,
+                  status_forcelist=(408, 429, 500, 502, 503, 504), allowed_methods=None,
+                  raise_on_status=False)  # the last error response comes back, to be reported with its body
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 def _post(url: str, payload: dict, key: str, timeout: float) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
+    r = _session().post(url, json=payload, headers={"Authorization": f"Bearer {key}"},
+                        timeout=(CONNECT_TIMEOUT, timeout))
+    r.raise_for_status()
+    return r.json()
+
+
+def probe_endpoint(api_base: str, timeout: float = 5.0) -> None:
+    """Check that an OpenAI-compatible endpoint answers, before minutes of model loading.
+
+    One GET of ``{api_base}/models``, without retries: any HTTP response (401 and 404 included)
+    means a server is there; no answer within ``timeout`` seconds is the error.
+
+    Raises:
+        ConfigError: ``api_base`` is not an http(s) URL, or nothing answers there.
+    """
+    url = f"{api_base.rstrip('/')}/models"
+    try:
+        requests.get(url, timeout=timeout)
+    except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
+            requests.exceptions.InvalidURL):
+        raise ConfigError(f"experiment.judge.api_base={api_base!r} is not an http(s) URL; "
+                          f"give one like http://localhost:8000/v1") from None
+    except requests.RequestException as e:
+        raise ConfigError(
+            f"experiment.judge.api_base={api_base!r}: no answer from {url} within {timeout:g} s "
+            f"({type(e).__name__}); check the URL and the network, or use the offline local judge: "
+            f"experiment.fitness=judge") from None
 
 
 class ApiJudge:
@@ -108,9 +156,12 @@ class ApiJudge:
                    "messages": [{"role": "user", "content": prompt + "\n\nAnswer with Yes or No."}]}
         try:
             got = _post(f"{self.base_url}/chat/completions", payload, self.key, self.timeout)
-        except urllib.error.HTTPError as e:
-            raise RuntimeError(f"api judge {self.base_url} ({self.model}): HTTP {e.code}: "
-                               f"{e.read()[:300]!r}") from None
+        except requests.HTTPError as e:
+            raise RuntimeError(f"api judge {self.base_url} ({self.model}): HTTP {e.response.status_code}: "
+                               f"{e.response.text[:300]!r}") from None
+        except requests.RequestException as e:
+            raise RuntimeError(f"api judge {self.base_url} ({self.model}): no answer after retries "
+                               f"({type(e).__name__}: {e})") from None
         self.calls += 1
         self.cache.put_json("api_judge", k, got)
         return got

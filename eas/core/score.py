@@ -79,6 +79,16 @@ def mask_options(scores: Tensor, n_options: Sequence[int] | Tensor) -> Tensor:
     return scores.masked_fill(cols >= n[..., None], float("-inf"))
 
 
+def nonfinite_items(scores: Tensor, n_options: Sequence[int] | Tensor) -> Tensor:
+    """``[..., item]`` True where a score of one of the item's own options is NaN or infinite.
+
+    Letters past an item's options are -inf by design (``mask_options``) and are not counted.
+    """
+    n = torch.as_tensor(n_options, device=scores.device)
+    cols = torch.arange(scores.shape[-1], device=scores.device)
+    return (~torch.isfinite(scores) & (cols < n[..., None])).any(-1)
+
+
 @torch.inference_mode()
 def score_mc(
     model,

@@ -131,36 +131,48 @@ def sweep_mc(
     (``prefix_cache`` of the same ``token_rows``) the prefixes are not recomputed and
     ``batch_size``/``pad`` are the cache's.
     """
+    if cells_per_pass < 1 or batch_size < 1:
+        raise ValueError(f"cells_per_pass={cells_per_pass}, batch_size={batch_size}: both must be >= 1")
     for c in cells:
         sites.check_layer(c.layer)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    out = torch.empty(len(cells), len(token_rows), head.index.shape[0])
+    # NaN, not uninitialised memory: a score that was never written can never pass for one
+    out = torch.full((len(cells), len(token_rows), head.index.shape[0]), float("nan"))
     if prefix is not None and prefix.n_items != len(token_rows):
         raise ValueError(f"prefix cache holds {prefix.n_items} items, token_rows has {len(token_rows)}")
     entries = prefix.entries if prefix is not None else _prefixes(model, token_rows, batch_size, pad, device)
+
+    def run(batch: TokenBatch, prefix_mask: Tensor, cache, chunk: Sequence[Cell]) -> Tensor:
+        q = len(chunk)
+        deltas: dict[int, Tensor] = {}
+        for j, c in enumerate(chunk):
+            if c.layer not in deltas:
+                deltas[c.layer] = torch.zeros(1, q, c.vector.shape[-1], device=device, dtype=dtype)
+            deltas[c.layer][0, j] = (c.strength * c.vector).to(device=device, dtype=dtype)
+        with ExitStack() as stack:
+            for layer, delta in deltas.items():
+                stack.enter_context(add(sites, layer, site, delta, position="last"))
+            hidden = model.base_model(
+                input_ids=batch.input_ids[:, -1:].expand(-1, q),
+                attention_mask=_attention_mask_arg(model, prefix_mask, q, dtype),
+                position_ids=batch.position_ids[:, -1:].expand(-1, q),
+                past_key_values=_fork(cache),
+                use_cache=True,
+            ).last_hidden_state  # [batch, q, d_model]
+        return head(hidden).permute(1, 0, 2).cpu()  # [q, batch, n_letters]
+
     for batch, prefix_mask, cache in entries:
-        last_pos = batch.position_ids[:, -1:]
         for start in range(0, len(cells), cells_per_pass):
             chunk = cells[start:start + cells_per_pass]
-            q = len(chunk)
-            deltas: dict[int, Tensor] = {}
-            for j, c in enumerate(chunk):
-                if c.layer not in deltas:
-                    deltas[c.layer] = torch.zeros(1, q, c.vector.shape[-1], device=device, dtype=dtype)
-                deltas[c.layer][0, j] = (c.strength * c.vector).to(device=device, dtype=dtype)
-            with ExitStack() as stack:
-                for layer, delta in deltas.items():
-                    stack.enter_context(add(sites, layer, site, delta, position="last"))
-                hidden = model.base_model(
-                    input_ids=batch.input_ids[:, -1:].expand(-1, q),
-                    attention_mask=_attention_mask_arg(model, prefix_mask, q, dtype),
-                    position_ids=last_pos.expand(-1, q),
-                    past_key_values=_fork(cache),
-                    use_cache=True,
-                ).last_hidden_state  # [batch, q, d_model]
-            scores = head(hidden).permute(1, 0, 2).cpu()  # [q, batch, n_letters]
-            out[start:start + q, batch.index] = scores
+            scores = run(batch, prefix_mask, cache, chunk)
+            bad = ~torch.isfinite(scores).flatten(1).all(1)
+            if bad.any() and len(chunk) > 1:
+                # A masked key still enters attention as 0 x value, and 0 x NaN is NaN: one cell
+                # that overflows poisons every query token of its pass. Score each cell of this
+                # pass alone, so a cell's scores never depend on its neighbours' values.
+                scores = torch.cat([run(batch, prefix_mask, cache, [c]) for c in chunk])
+            out[start:start + len(chunk), batch.index] = scores
         del cache
         if progress:
             progress(len(batch.index))

@@ -40,7 +40,7 @@ from eas import contrasts, store
 from eas.config import ConfigError
 from eas.core import probes, stats
 from eas.data.schema import MCItem
-from eas.jobs.steer import SPLITS, SteerJob
+from eas.jobs.steer import SPLITS, Scored, SteerJob
 
 log = logging.getLogger("eas")
 SUPERVISED = ("logreg", "mean_diff")
@@ -161,7 +161,8 @@ class ProbeJob(SteerJob):
         out = {}
         for split, items in self.splits.items():
             k = store.key("unsteered_confidence", self.base_key, split)
-            rec = self.store.get_json("cells", k)
+            fits = Scored.fits(items)
+            rec = self.store.get_json("cells", k, lambda r, fits=fits, n=len(items): fits(r) and len(r["confidence"]) == n)
             if rec is None:
                 scores = self.unsteered_scores(items, split)
                 probs = torch.softmax(scores, -1)
@@ -237,7 +238,7 @@ class ProbeJob(SteerJob):
             rec, weights = self.probe_layer(acts[L].numpy(), rows, proto, kinds)
             if L in ccs:
                 rec["ccs"], weights["ccs_direction"] = ccs[L]
-            self.store.put_json("probes", keys[L], rec)
+            self.store.put_json("probes", keys[L], rec, undefined_ok=True)  # e.g. CCS AUROC on one class
             self.store.put_tensors("vectors", keys[L], {k: torch.as_tensor(np.asarray(v), dtype=torch.float32)
                                                          for k, v in weights.items()})
             out[L] = rec

@@ -34,7 +34,7 @@ from eas.core import sweep as sweep_mod
 from eas.core import tokens
 from eas.core import vectors as vectors_mod
 from eas.data import load_benchmark, split_items
-from eas.data.schema import MCItem
+from eas.data.schema import DataError, MCItem
 from eas.prompts import Prompter
 
 log = logging.getLogger("eas")
@@ -59,6 +59,20 @@ class Scored:
 
     def as_dict(self) -> dict:
         return {"item_ids": self.item_ids, "labels": self.labels, "preds": self.preds}
+
+    @staticmethod
+    def fits(items: list[MCItem]):
+        """A store-record check: the record scores exactly these items, one prediction each."""
+        ids, labels = [it.id for it in items], [it.label for it in items]
+
+        def check(rec: dict) -> bool:
+            return (rec["item_ids"] == ids and rec["labels"] == labels and len(rec["preds"]) == len(ids)
+                    and all(isinstance(p, int) and 0 <= p < len(it.options) for p, it in zip(rec["preds"], items)))
+        return check
+
+
+class NonFiniteScores(RuntimeError):
+    """A forward pass produced NaN or infinite letter scores; nothing of it is stored."""
 
 
 def cell_name(layer: int, strength: float) -> str:
@@ -109,8 +123,22 @@ class SteerJob:
             OmegaConf.to_container(cfg.prompt, resolve=True),
         ]
 
-    def _rows(self, texts: list[str]) -> list[list[int]]:
-        return tokens.encode(self.lm.tokenizer, texts, self.prompter.add_special_tokens)
+    def _rows(self, texts: list[str], ids: list[str] | None = None) -> list[list[int]]:
+        """Token ids of ``texts``; a text longer than the model's context is a DataError naming it,
+        raised before any forward pass (positions past the context are not a result)."""
+        rows = tokens.encode(self.lm.tokenizer, texts, self.prompter.add_special_tokens)
+        limit = getattr(self.lm.model.config, "max_position_embeddings", None)
+        if limit:
+            for i, row in enumerate(rows):
+                if len(row) > limit:
+                    name = f"item {ids[i]!r}" if ids else f"text {i} ({texts[i][:40]!r}...)"
+                    raise DataError(f"{name} of benchmark {self.bench.name} is {len(row)} tokens; "
+                                    f"the model's context is {limit} (max_position_embeddings): "
+                                    f"shorten or drop it")
+        return rows
+
+    def _mc_rows(self, items: list[MCItem]) -> list[list[int]]:
+        return self._rows([self.prompter.mc(it) for it in items], [it.id for it in items])
 
     def _bar(self, total: int, desc: str):
         return tqdm(total=total, desc=desc, disable=not self.progress, leave=False)
@@ -118,17 +146,25 @@ class SteerJob:
     # -- step 2 -----------------------------------------------------------
     def unsteered_scores(self, items: list[MCItem], split: str) -> torch.Tensor:
         """Unsteered letter scores ``[item, n_letters]`` of the scoring prompts (OOM-safe)."""
-        rows = self._rows([self.prompter.mc(it) for it in items])
+        rows = self._mc_rows(items)
+        n_opts = [len(it.options) for it in items]
         with self._bar(len(rows), f"unsteered {split}") as bar:
-            return sweep_mod.retry_on_oom(lambda bs: score_mod.score_mc(
-                self.lm.model, rows, [len(it.options) for it in items], self.head, bs, self.pad,
-                bar.update), self.batch_size, log.warning)
+            scores = sweep_mod.retry_on_oom(lambda bs: score_mod.score_mc(
+                self.lm.model, rows, n_opts, self.head, bs, self.pad, bar.update), self.batch_size, log.warning)
+        bad = score_mod.nonfinite_items(scores, n_opts)
+        if bad.any():
+            first = items[int(bad.nonzero()[0, 0])].id
+            raise NonFiniteScores(
+                f"unsteered {split} scores are NaN or infinite for {int(bad.sum())} of {len(items)} items "
+                f"(first: {first!r}) in model.dtype={self.cfg.model.dtype}: the forward pass overflows; "
+                f"try model.dtype=float32")
+        return scores
 
     def unsteered(self) -> dict[str, Scored]:
         out = {}
         for split, items in self.splits.items():
             k = store.key("unsteered", self.base_key, split)
-            rec = self.store.get_json("cells", k)
+            rec = self.store.get_json("cells", k, Scored.fits(items))
             if rec is None:
                 scores = self.unsteered_scores(items, split)
                 rec = Scored([it.id for it in items], [it.label for it in items],
@@ -136,6 +172,8 @@ class SteerJob:
                 self.store.put_json("cells", k, rec)
             out[split] = Scored(**rec)
             log.info("unsteered %s accuracy %.3f (n=%d)", split, out[split].accuracy, len(items))
+        hit, done = self.store.tally("cells")
+        log.info("unsteered scores: %d splits from the store, %d computed", hit, done)
         return out
 
     # -- step 3 -----------------------------------------------------------
@@ -153,6 +191,7 @@ class SteerJob:
                               cfg.method.normalize, cfg.method.min_per_class) for L in self.layers}
         cached = {L: self.store.get_tensors("vectors", k) for L, k in vkeys.items()}
         if all(v is not None for v in cached.values()):
+            log.info("vectors: %d from the store, 0 computed", len(cached))
             return {L: v["vector"] for L, v in cached.items()}
         contrast = contrasts.build(self.method, self.splits["train"], train.preds, self.prompter,
                                    seed=cfg.seed, min_per_class=cfg.method.min_per_class)
@@ -167,6 +206,7 @@ class SteerJob:
                 v = vectors_mod.normalize(v)
             self.store.put_tensors("vectors", vkeys[L], {"vector": v})
             out[L] = v
+        log.info("vectors: 0 from the store, %d computed", len(out))
         return out
 
     def activations(self, texts: list[str]) -> dict[int, torch.Tensor]:
@@ -180,6 +220,7 @@ class SteerJob:
         size = max(1, int(self.cfg.get("capture_shard_size", 2048)))
         shards = []
         todo = [texts[i:i + size] for i in range(0, len(texts), size)]
+        before = self.store.tally("activations")
         with self._bar(len(texts), "capture") as bar:
             for part in todo:
                 k = store.key("acts", self.lm.fingerprint, part, self.prompter.add_special_tokens, self.site,
@@ -195,6 +236,8 @@ class SteerJob:
                 else:
                     bar.update(len(part))
                 shards.append(acts["acts"][self.layers])
+        hit, done = (a - b for a, b in zip(self.store.tally("activations"), before))
+        log.info("activations: %d shards from the store, %d computed", hit, done)
         stacked = torch.cat(shards, dim=1)  # [requested layer, text, d_model]
         return {L: stacked[j] for j, L in enumerate(self.layers)}
 
@@ -212,15 +255,17 @@ class SteerJob:
         items = self.splits[split]
         out: dict[tuple[int, float], Scored] = {}
         todo = []
+        fits = Scored.fits(items)
         for layer, s in cells:
-            rec = self.store.get_json("cells", self.cell_key(layer, s, split))
+            rec = self.store.get_json("cells", self.cell_key(layer, s, split), fits)
             if rec is not None:
                 out[(layer, s)] = Scored(**rec)
             else:
                 todo.append((layer, s))
+        log.info("%s cells: %d from the store, %d to compute", split, len(out), len(todo))
         if not todo:
             return out
-        rows = self._rows([self.prompter.mc(it) for it in items])
+        rows = self._mc_rows(items)
         n_opts = [len(it.options) for it in items]
         chunk = max(1, int(self.cfg.get("cells_per_chunk", 256)))
         with self._bar(len(todo) * len(items), f"sweep {split} ({len(todo)} cells)") as bar:
@@ -237,7 +282,14 @@ class SteerJob:
                         failed[f"{self.method}/{cell_name(L, s)}"] = tb
                     log.error("cells %s failed: %s", [cell_name(L, s) for L, s in part], e)
                     continue
+                bad = score_mod.nonfinite_items(scores, n_opts)  # [cell, item]
                 for j, (L, s) in enumerate(part):
+                    if bad[j].any():  # an overflowing cell is a failed cell, never a stored score
+                        failed[f"{self.method}/{cell_name(L, s)}"] = (
+                            f"non-finite scores on {int(bad[j].sum())} of {len(items)} {split} items: the "
+                            f"steered forward pass overflows at layer {L}, strength {s:g}")
+                        log.error("cell %s: non-finite scores on %s; not stored", cell_name(L, s), split)
+                        continue
                     sc = Scored([it.id for it in items], [it.label for it in items],
                                 scores[j].argmax(-1).tolist())
                     self.store.put_json("cells", self.cell_key(L, s, split), sc.as_dict())

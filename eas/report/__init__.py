@@ -1,7 +1,9 @@
 """Reports over steering runs: merged tables, val-to-test selection, figures.
 
 Reads what steering jobs write into their run dirs (``results.parquet``, ``summary.json``,
-``predictions/``); ``eas-report DIR...`` (``eas.report.cli``) writes the merged report.
+``predictions/``, ``manifest.json``); ``eas-report DIR...`` (``eas.report.cli``) writes the
+merged report. Runs are grouped by setup (``eas.report.setups``), so runs whose configs differ
+in a field that changes results are never merged into each other.
 """
 
 from eas.report.figures import (
@@ -11,8 +13,10 @@ from eas.report.figures import (
     write_figures,
     write_run_figures,
 )
+from eas.report.setups import setup_fields, setup_id
 from eas.report.tables import (
     DEFAULT_BY,
+    BadResultsError,
     NoResultsError,
     cross_benchmark_table,
     flips,
@@ -25,11 +29,14 @@ from eas.report.tables import (
 
 __all__ = [
     "DEFAULT_BY",
+    "BadResultsError",
     "NoResultsError",
     "cross_benchmark_table",
     "flips",
     "load_runs",
     "select_best",
+    "setup_fields",
+    "setup_id",
     "summaries",
     "test_bars",
     "to_markdown",

@@ -20,6 +20,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from eas.report.setups import with_setup
 from eas.report.tables import DEFAULT_BY, UNSTEERED, load_runs, select_best, unsteered_accuracy
 
 _Z95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -162,6 +163,7 @@ def val_heatmap(
     Raises:
         ValueError: ``results`` has no val rows for ``method``.
     """
+    results = with_setup(results)
     val = results[(results["method"] == method) & (results["split"] == "val")]
     if val.empty:
         methods = sorted(set(results["method"]) - {UNSTEERED})

@@ -11,6 +11,13 @@ val-selected cell), so the unit of the test is the seed, not the item:
 - the paired t-test p-values of all groups adjusted together with a named correction
   (Holm by default: family-wise error; ``bh``: Benjamini-Hochberg false discovery rate).
 
+When the paired differences are one value in every seed (zero variance, e.g. two seeds that
+both gain exactly 0.1), the t statistic is undefined: its p-value, the difference's t-interval
+and Cohen's d_z are NaN (``zero_variance`` is true) and tables print "undefined (zero
+variance)", never p = 0 (nor the ~1e-16 that float rounding of the differences would give).
+Groups also split by ``setup`` (``eas.report.setups``): seeds of different setups are never
+paired into one test.
+
 Probe runs (``probe_results.parquet``) aggregate the same way per (pooling, layer, probe):
 AUROC mean +- sd and 95% CI across seeds, paired against the best random direction of each
 seed.
@@ -29,15 +36,18 @@ import numpy as np
 import pandas as pd
 
 from eas.core import stats
-from eas.report.tables import _find, select_best, to_markdown
+from eas.report.setups import SETUP
+from eas.report.tables import _TIE_DECIMALS, _find, select_best, to_markdown
 
-SEED_BY: tuple[str, ...] = ("model", "benchmark", "method", "steer_target")
+SEED_BY: tuple[str, ...] = ("model", "benchmark", "method", "steer_target", SETUP)
 """Groups aggregated over seeds (one row each)."""
 
 PROBE_BY: tuple[str, ...] = ("model", "benchmark", "target", "steer_target", "pooling", "layer", "probe")
 HEADLINE_COLUMNS: tuple[str, ...] = ("experiment", "metric", "value", "95% CI", "p-value")
 CORRECTION_NAMES = {"holm": "Holm-Bonferroni (family-wise error)",
                     "bh": "Benjamini-Hochberg (false discovery rate)", "none": "none"}
+UNDEFINED_P = "undefined (zero variance)"
+"""What tables print for the p-value of a paired test whose differences have zero variance."""
 
 
 # --------------------------------------------------------------------------- steering
@@ -63,15 +73,30 @@ def per_seed(results: pd.DataFrame, by: Sequence[str] = SEED_BY) -> pd.DataFrame
         .sort_values([*by, "seed"]).reset_index(drop=True)
 
 
+def _zero_variance(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether the paired differences ``a - b`` (two or more) are one value up to float rounding.
+
+    Accuracies are ratios of small integers, so ``0.4 - 0.3`` and ``0.5 - 0.4`` are the same
+    difference; unrounded, their spread of ~1e-17 gives a t of ~1e15 and p ~1e-16.
+    """
+    d = np.round(np.asarray(a, float) - np.asarray(b, float), _TIE_DECIMALS)
+    return d.size >= 2 and bool(np.all(d == d[0]))
+
+
 def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """Paired tests of ``a - b`` over seeds; NaN where fewer than 2 seeds."""
+    """Paired tests of ``a - b`` over seeds; NaN where fewer than 2 seeds, and for the t-test,
+    its interval and d_z where the differences have zero variance (``zero_variance``)."""
     nan = math.nan
     if len(a) < 2:
         return {"t": nan, "p_ttest": nan, "p_wilcoxon": nan, "cohens_dz": nan,
-                "delta_ci_low": nan, "delta_ci_high": nan}
+                "delta_ci_low": nan, "delta_ci_high": nan, "zero_variance": False}
+    if _zero_variance(a, b):
+        return {"t": nan, "p_ttest": nan, "p_wilcoxon": stats.wilcoxon(a, b).p_value, "cohens_dz": nan,
+                "delta_ci_low": nan, "delta_ci_high": nan, "zero_variance": True}
     t = stats.paired_ttest(a, b)
     return {"t": t.statistic, "p_ttest": t.p_value, "p_wilcoxon": stats.wilcoxon(a, b).p_value,
-            "cohens_dz": stats.cohens_d_paired(a, b), "delta_ci_low": t.ci95[0], "delta_ci_high": t.ci95[1]}
+            "cohens_dz": stats.cohens_d_paired(a, b), "delta_ci_low": t.ci95[0], "delta_ci_high": t.ci95[1],
+            "zero_variance": False}
 
 
 def _adjust(p: pd.Series, correction: str) -> pd.Series:
@@ -97,8 +122,9 @@ def seed_table(results: pd.DataFrame, by: Sequence[str] = SEED_BY, correction: s
         ``test_ci_low``/``high`` (95% t-interval), ``unsteered_mean``, ``unsteered_std``,
         ``unsteered_ci_low``/``high``, ``delta_mean``, ``delta_std``, ``delta_ci_low``/``high``,
         ``t``, ``p_ttest`` (paired t-test, two-sided), ``p_wilcoxon``, ``cohens_dz``,
-        ``p_adjusted`` (``p_ttest`` adjusted) and ``correction`` (its name). Statistics that
-        need two seeds are NaN with one.
+        ``zero_variance`` (the differences are one value: ``t``, ``p_ttest``, ``cohens_dz`` and
+        the delta interval are NaN), ``p_adjusted`` (``p_ttest`` adjusted over the groups that
+        have one) and ``correction`` (its name). Statistics that need two seeds are NaN with one.
     """
     seeds = per_seed(results, by)
     rows = []
@@ -150,7 +176,8 @@ def probe_seed_table(probe_results: pd.DataFrame, by: Sequence[str] = PROBE_BY,
         One row per group of supervised probes (``logreg``, ``mean_diff``): ``by``,
         ``n_seeds``, ``auroc_mean``, ``auroc_std``, ``auroc_ci_low``/``high``,
         ``random_best_mean``, ``p_ttest`` (paired t-test of AUROC - best random AUROC,
-        one-sided: greater), ``p_adjusted``, ``correction``.
+        one-sided: greater; NaN when those differences have zero variance), ``zero_variance``,
+        ``p_adjusted``, ``correction``.
     """
     df = probe_results[probe_results["probe"].isin(["logreg", "mean_diff"])]
     rnd = probe_results[probe_results["probe"] == "random"]
@@ -163,10 +190,13 @@ def probe_seed_table(probe_results: pd.DataFrame, by: Sequence[str] = PROBE_BY,
         a, r = g["auroc"].to_numpy(float), g["random_best"].to_numpy(float)
         s = stats.summarize_seeds(a)
         ok = np.isfinite(r)
-        p = stats.paired_ttest(a[ok], r[ok], alternative="greater").p_value if ok.sum() >= 2 else math.nan
+        flat = _zero_variance(a[ok], r[ok])
+        p = stats.paired_ttest(a[ok], r[ok], alternative="greater").p_value if ok.sum() >= 2 and not flat \
+            else math.nan
         rows.append({**dict(zip(by, k)), "n_seeds": len(g), "auroc_mean": s.mean, "auroc_std": s.std,
                      "auroc_ci_low": s.ci95_low, "auroc_ci_high": s.ci95_high,
-                     "random_best_mean": float(np.nanmean(r)) if ok.any() else math.nan, "p_ttest": p})
+                     "random_best_mean": float(np.nanmean(r)) if ok.any() else math.nan, "p_ttest": p,
+                     "zero_variance": flat})
     table = pd.DataFrame(rows)
     if table.empty:
         return table
@@ -198,6 +228,13 @@ def fmt_p(p: float | None, adjusted: float | None = None, correction: str | None
     return out
 
 
+def _p_text(row: dict) -> str:
+    """The p-value cell of a ``seed_table`` or ``probe_seed_table`` row."""
+    if row.get("zero_variance"):
+        return UNDEFINED_P
+    return fmt_p(row["p_ttest"], row.get("p_adjusted"), row.get("correction"))
+
+
 def _mean_sd(mean: float, sd: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" if not np.isfinite(sd) else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
@@ -206,9 +243,12 @@ def seed_headline(table: pd.DataFrame, by: Sequence[str] = SEED_BY) -> pd.DataFr
     """``seed_table`` rows as headline rows (``HEADLINE_COLUMNS``): per group, the steered and
     unsteered test accuracy and their difference with the paired t-test's p-value."""
     rows = []
+    several_setups = SETUP in table and table[SETUP].nunique() > 1
     for r in table.itertuples(index=False):
         d = r._asdict()
         exp = f"{d.get('method')} @ {d.get('steer_target')} on {d.get('benchmark')} ({d.get('model')})"
+        if several_setups:
+            exp += f" [setup {d[SETUP]}]"
         n = f"{d['n_seeds']} seeds"
         rows += [
             {"experiment": exp, "metric": f"test accuracy, mean ± sd ({n})",
@@ -219,7 +259,7 @@ def seed_headline(table: pd.DataFrame, by: Sequence[str] = SEED_BY) -> pd.DataFr
              "95% CI": fmt_ci(d["unsteered_ci_low"], d["unsteered_ci_high"]), "p-value": ""},
             {"experiment": exp, "metric": "Δ vs unsteered (paired t over seeds)",
              "value": f"{d['delta_mean']:+.3f}", "95% CI": fmt_ci(d["delta_ci_low"], d["delta_ci_high"]),
-             "p-value": fmt_p(d["p_ttest"], d["p_adjusted"], d["correction"])},
+             "p-value": _p_text(d)},
         ]
     return pd.DataFrame(rows, columns=list(HEADLINE_COLUMNS))
 
@@ -234,7 +274,7 @@ def probe_headline(table: pd.DataFrame) -> pd.DataFrame:
                           f"{d['pooling']} L{d['layer']}",
             "metric": f"{d['probe']} AUROC, mean ± sd ({d['n_seeds']} seeds); p: > best random direction",
             "value": _mean_sd(d["auroc_mean"], d["auroc_std"]), "95% CI": fmt_ci(d["auroc_ci_low"], d["auroc_ci_high"]),
-            "p-value": fmt_p(d["p_ttest"], d.get("p_adjusted"), d.get("correction")),
+            "p-value": _p_text(d),
         })
     return pd.DataFrame(rows, columns=list(HEADLINE_COLUMNS))
 
@@ -252,13 +292,16 @@ def seed_markdown(results: pd.DataFrame, by: Sequence[str] = SEED_BY, correction
     table = seed_table(results, by, correction)
     if table.empty or not (table["n_seeds"] >= 2).any():
         return None
+    flat = int(table["zero_variance"].sum())
+    undefined = (f" {flat} group(s) had the same steered - unsteered difference in every seed: with zero "
+                 f"variance the t-test is {UNDEFINED_P}, not p = 0.") if flat else ""
     return "\n".join([
         "## Across seeds",
         "",
         ("Each seed is a replicate of the protocol (own split, own val-selected cell). Values are "
          "mean ± sd over seeds with a 95% t-interval; p-values are from the paired t-test of test "
          "accuracy, steered vs unsteered, paired by seed (two-sided), adjusted for "
-         f"{len(table)} comparisons with {CORRECTION_NAMES[correction]}."),
+         f"{int(table['p_ttest'].notna().sum())} comparisons with {CORRECTION_NAMES[correction]}.{undefined}"),
         "",
         headline_table(seed_headline(table, by)),
     ]) + "\n"

@@ -11,6 +11,10 @@ ties go to the smaller ``|strength|``, then the lower layer. Its test accuracy i
 from whichever run scored that cell on test; a grid job scores test only for its own
 val-best cell, so a cell that no run scored on test is reported with a missing test
 accuracy and a note that says so.
+
+Runs are grouped by setup (``eas.report.setups``): runs whose configs differ in a field that
+changes results (``max_sample_size``, the prompt, the data file, ...) are reported in separate
+rows and never deduplicated into each other.
 """
 
 from __future__ import annotations
@@ -23,8 +27,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-DEFAULT_BY: tuple[str, ...] = ("model", "benchmark", "method", "steer_target", "seed")
-"""Groups within which one cell is selected."""
+from eas.report.setups import (
+    SETUP,
+    differing_fields,
+    read_setup,
+    setup_columns,
+    setup_id,
+    show,
+    with_setup,
+)
+
+DEFAULT_BY: tuple[str, ...] = ("model", "benchmark", "method", "steer_target", "seed", SETUP)
+"""Groups within which one cell is selected (``setup``: see ``eas.report.setups``)."""
 
 CELL_KEYS: tuple[str, ...] = ("method", "steer_target", "position", "layer", "strength")
 """Fields that identify a steered cell within a (model, benchmark, seed)."""
@@ -32,6 +46,11 @@ CELL_KEYS: tuple[str, ...] = ("method", "steer_target", "position", "layer", "st
 UNSTEERED = "unsteered"
 RESULTS_FILE = "results.parquet"
 SUMMARY_FILE = "summary.json"
+RESULTS_COLUMNS: tuple[str, ...] = (
+    "model", "benchmark", "method", "steer_target", "position", "seed", "layer", "strength",
+    "split", "accuracy", "n", "n_correct", "cell",
+)  # fmt: skip
+"""Columns a ``results.parquet`` must have to be reported."""
 
 # Fields that describe the steering, not the data: the unsteered baseline of a group is
 # matched on the remaining group keys (typically model, benchmark, seed).
@@ -41,7 +60,12 @@ _TIE_DECIMALS = 12
 
 
 class NoResultsError(FileNotFoundError):
-    """A path given to the report holds no ``results.parquet`` (or ``summary.json``)."""
+    """A path given to the report holds no ``results.parquet`` (or ``summary.json``), or no usable one."""
+
+
+class BadResultsError(ValueError):
+    """A ``results.parquet`` cannot be reported: it cannot be read, has no rows, or lacks a column
+    of ``RESULTS_COLUMNS``. The message names the file and the reason."""
 
 
 # --------------------------------------------------------------------------- loading
@@ -86,26 +110,72 @@ def _normalize_results(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
-    """Concatenate every ``results.parquet`` found under ``paths``.
+def _read_results(file: Path) -> pd.DataFrame:
+    """One ``results.parquet`` with the contract's types.
+
+    Raises:
+        BadResultsError: It cannot be read, has no rows, lacks a column of ``RESULTS_COLUMNS``
+            or holds values of the wrong type.
+    """
+    redo = "rerun that job or remove the file"
+    try:
+        frame = pd.read_parquet(file)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise BadResultsError(f"{file}: cannot be read ({type(err).__name__}: {err}); {redo}") from err
+    missing = [c for c in RESULTS_COLUMNS if c not in frame]
+    if missing:
+        raise BadResultsError(
+            f"{file}: lacks column(s) {', '.join(missing)} (has {', '.join(map(str, frame.columns)) or 'none'}); "
+            f"{redo}"
+        )
+    if frame.empty:
+        raise BadResultsError(f"{file}: has no rows; {redo}")
+    try:
+        return _normalize_results(frame)
+    except (TypeError, ValueError) as err:
+        raise BadResultsError(f"{file}: a column has values of the wrong type ({err}); {redo}") from err
+
+
+def load_runs(paths: Iterable[str | Path], skipped: list[str] | None = None) -> pd.DataFrame:
+    """Concatenate every ``results.parquet`` found under ``paths``, each tagged with its setup.
 
     Args:
         paths: Run dirs, Hydra multirun dirs or any folders holding them (searched
             recursively), or ``results.parquet`` files.
+        skipped: Where unusable files go: given a list, each ``results.parquet`` that cannot
+            be read or lacks a column is left out and its ``"<file>: <reason>"`` appended;
+            ``None`` raises on the first one.
 
     Returns:
-        The rows of all runs with an added ``run_dir`` column (the absolute folder of
-        each ``results.parquet``).
+        The rows of all runs with an added ``run_dir`` column (the absolute folder of each
+        ``results.parquet``), ``setup`` (``eas.report.setups.setup_id`` of the run's manifest
+        config) and one ``setup.<field>`` column (its value as text) per field of
+        ``setup_fields`` whose value differs between the runs.
 
     Raises:
-        NoResultsError: A path does not exist or has no ``results.parquet`` anywhere in it.
+        NoResultsError: A path does not exist or has no ``results.parquet`` anywhere in it, or
+            every file found is unusable (the message lists why).
+        BadResultsError: A file is unusable and ``skipped`` is ``None``.
     """
-    frames = []
+    frames, setups = [], {}
     for file in _find(paths, RESULTS_FILE):
-        frame = pd.read_parquet(file)
-        frame["run_dir"] = str(file.parent)
-        frames.append(frame)
-    return _normalize_results(pd.concat(frames, ignore_index=True))
+        try:
+            frame = _read_results(file)
+        except BadResultsError as err:
+            if skipped is None:
+                raise
+            skipped.append(str(err))
+            continue
+        fields = read_setup(file.parent)
+        setups[setup_id(fields)] = fields
+        frames.append(frame.assign(run_dir=str(file.parent), **{SETUP: setup_id(fields)}))
+    if not frames:
+        raise NoResultsError("no usable results.parquet among the runs given: " + "; ".join(skipped or []))
+    results = pd.concat(frames, ignore_index=True)
+    for name in differing_fields(setups):
+        values = {sid: None if fields is None else show(fields.get(name)) for sid, fields in setups.items()}
+        results[f"{SETUP}.{name}"] = results[SETUP].map(values)
+    return results
 
 
 def _flatten_summary(summary: dict, run_dir: Path) -> dict:
@@ -218,6 +288,7 @@ def unsteered_accuracy(results: pd.DataFrame, split: str, keys: dict) -> float:
         The first matching row's accuracy (runs of one group share the baseline); NaN if
         there is none.
     """
+    results = with_setup(results)
     base = results[_is_unsteered(results) & (results["split"] == split)]
     row = _prefer_run(
         _where(base, {k: v for k, v in keys.items() if k in _baseline_keys(keys)}), []
@@ -298,7 +369,8 @@ def select_best(results: pd.DataFrame, by: Sequence[str] = DEFAULT_BY) -> pd.Dat
             when a cell or the baseline was scored in more than one).
         by: Columns that define a group. The unsteered baseline of a group is matched on
             the columns of ``by`` that do not describe steering (``method``,
-            ``steer_target``, ``position``), i.e. usually model, benchmark and seed.
+            ``steer_target``, ``position``), i.e. usually model, benchmark, seed and setup.
+            Rows without a ``setup`` column (not from ``load_runs``) are one setup.
 
     Returns:
         One row per group that has at least one steered val row, with the ``by`` columns,
@@ -313,6 +385,7 @@ def select_best(results: pd.DataFrame, by: Sequence[str] = DEFAULT_BY) -> pd.Dat
         KeyError: A column of ``by`` or of the contract is missing from ``results``.
     """
     by = list(by)
+    results = with_setup(results)
     missing = [c for c in [*by, *CELL_KEYS, "split", "accuracy", "n", "cell"] if c not in results]
     if missing:
         raise KeyError(f"results lack column(s) {missing}; have {list(results.columns)}")
@@ -427,7 +500,8 @@ def cross_benchmark_table(results: pd.DataFrame, by: Sequence[str] = DEFAULT_BY)
         by: As for ``select_best``.
 
     Returns:
-        One row per group with ``TABLE_COLUMNS`` (plus any extra ``by`` columns):
+        One row per group with ``TABLE_COLUMNS`` (plus any extra ``by`` columns, e.g.
+        ``setup``, followed by the ``setup.<field>`` columns of ``results``):
         ``unsteered_val``/``unsteered_test`` and ``best_val``/``test`` accuracies,
         ``delta`` = test - unsteered_test, ``n_test`` items, ``wrong_to_right`` and
         ``right_to_wrong`` item counts, ``p_mcnemar`` and a ``note``. Counts use pandas'
@@ -456,7 +530,10 @@ def cross_benchmark_table(results: pd.DataFrame, by: Sequence[str] = DEFAULT_BY)
     for col in ("n_test", "wrong_to_right", "right_to_wrong", "n_cells"):
         table[col] = table[col].astype("Float64").round().astype("Int64")
     extra = [c for c in by if c not in TABLE_COLUMNS]
-    return table[[*TABLE_COLUMNS[:6], *extra, *TABLE_COLUMNS[6:]]]
+    fields = setup_columns(results) if SETUP in table else []
+    if fields:
+        table = table.merge(results[[SETUP, *fields]].drop_duplicates(SETUP), on=SETUP, how="left")
+    return table[[*TABLE_COLUMNS[:6], *extra, *fields, *TABLE_COLUMNS[6:]]]
 
 
 # --------------------------------------------------------------------------- markdown
