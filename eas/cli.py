@@ -28,9 +28,11 @@ class UserError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from eas.contrasts import TooFewExamples
     from eas.data.schema import DataError
+    from eas.jobs.steer import NonFiniteScores
     from eas.models import ModelError
+    from eas.store import StoreError
 
-    return (config_mod.ConfigError, DataError, ModelError, TooFewExamples)
+    return (config_mod.ConfigError, DataError, ModelError, TooFewExamples, StoreError, NonFiniteScores)
 
 
 def run_job(cfg: DictConfig, out_dir: Path) -> dict:
