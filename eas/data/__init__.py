@@ -6,6 +6,8 @@ Loaders live in ``eas.data.loaders`` (one per upstream format, registered in
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +17,9 @@ from eas.data.schema import LETTERS, Benchmark, DataError, MCItem
 
 KINDS = ("mc", "ab")
 SPLITS = ("train", "val", "test")
+DUPLICATES = ("drop", "error")  # benchmark.duplicates
+
+log = logging.getLogger("eas")
 
 __all__ = [
     "KINDS",
@@ -23,6 +28,7 @@ __all__ = [
     "Benchmark",
     "DataError",
     "MCItem",
+    "drop_duplicates",
     "load_benchmark",
     "split_items",
 ]
@@ -39,11 +45,13 @@ def load_benchmark(cfg: Any, seed: int = 0) -> Benchmark:
             leaks the answer (TruthfulQA), to shuffle options per item.
 
     Returns:
-        The ``Benchmark``: items in file order, ``kind`` from the config.
+        The ``Benchmark``: items in file order, ``kind`` from the config, later
+        copies of a repeated item dropped (see ``drop_duplicates``).
 
     Raises:
         DataError: unknown loader or kind, missing ``benchmark.path``, hub not
-            reachable (says to pass ``benchmark.path=...``), malformed file.
+            reachable (says to pass ``benchmark.path=...``), malformed file,
+            a repeated item with ``benchmark.duplicates=error``.
     """
     loader = LOADERS.get(str(cfg.loader))
     if loader is None:
@@ -54,7 +62,68 @@ def load_benchmark(cfg: Any, seed: int = 0) -> Benchmark:
         raise DataError(
             f"benchmark.kind={cfg.kind!r} is not allowed; choose one of {', '.join(KINDS)}"
         )
-    return loader(cfg, seed)
+    # A config node composed before the field existed has no `duplicates`: the default.
+    duplicates = getattr(cfg, "duplicates", None) or "drop"
+    if duplicates not in DUPLICATES:
+        raise DataError(
+            f"benchmark.duplicates={duplicates!r} is not allowed; choose one of "
+            f"{', '.join(DUPLICATES)}"
+        )
+    return drop_duplicates(loader(cfg, seed), error=duplicates == "error")
+
+
+def _item_key(it: MCItem) -> tuple:
+    """What the model sees of an item, whitespace-normalised; options as a set.
+
+    The option order is left out because TruthfulQA shuffles each item's options by
+    its id, so two copies of one question come out in different orders.
+    """
+
+    def norm(text: str) -> str:
+        return " ".join(text.split())
+
+    return norm(it.context), norm(it.question), tuple(sorted(norm(o) for o in it.options))
+
+
+def drop_duplicates(bench: Benchmark, error: bool = False) -> Benchmark:
+    """``bench`` without the later copies of an item (same context, question and options).
+
+    Loaders that number rows (ETHICS, TruthfulQA, MMLU, ...) give each copy of a
+    repeated row its own id, and the seeded split can then put one copy in train
+    and another in test. Every loader's output passes through here, before any
+    split; the first copy in file order is kept, so the result is deterministic.
+
+    Raises:
+        DataError: ``error`` and some item repeats an earlier one; names the
+            source and the ids of the first repeat.
+    """
+    first: dict[tuple, MCItem] = {}
+    kept: list[MCItem] = []
+    dropped: list[tuple[MCItem, MCItem]] = []  # (the copy, the item it repeats)
+    for it in bench.items:
+        key = _item_key(it)
+        if key in first:
+            dropped.append((it, first[key]))
+        else:
+            first[key] = it
+            kept.append(it)
+    if not dropped:
+        return bench
+    copy, original = dropped[0]
+    if error:
+        raise DataError(
+            f"benchmark {bench.name!r}: {bench.source} has {len(dropped)} duplicate item(s) "
+            f"(same question and options); the first: {copy.id!r} repeats {original.id!r}. "
+            f"Remove the copies, or set benchmark.duplicates=drop to keep only the first"
+        )
+    # A copy whose correct option differs is a contradiction in the data, worth its own count.
+    conflicts = sum(c.options[c.label] != o.options[o.label] for c, o in dropped)
+    note = f"; {conflicts} with a different correct option" if conflicts else ""
+    log.warning(
+        "%s: dropped %d duplicate items (same question and options%s), e.g. %s repeats %s",
+        bench.name, len(dropped), note, copy.id, original.id,
+    )  # fmt: skip
+    return dataclasses.replace(bench, items=tuple(kept))
 
 
 def split_items(

@@ -21,7 +21,9 @@ train/val/test split is made later by ``eas.data.split_items``.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import random
 import re
@@ -69,9 +71,29 @@ def _path(cfg: Any) -> Path | None:
 # --------------------------------------------------------------------------- file readers
 
 
+def read_text(path: Path) -> str:
+    """The whole file as text; every text format is read through here.
+
+    UTF-8 with or without a BOM (Excel and some exports write one; left in, it
+    becomes part of the first CSV header or makes ``json.loads`` fail). Other
+    encodings are a DataError with the byte offset, not a UnicodeDecodeError.
+    """
+    data = path.read_bytes()
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        offset = skip + e.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise DataError(
+            f"benchmark file {path} is not UTF-8: invalid byte 0x{data[offset]:02x} at offset "
+            f"{offset} (line {line}); re-save it as UTF-8"
+        ) from None
+
+
 def _read_json_list(path: Path) -> list[Record]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(
             f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
@@ -96,35 +118,33 @@ def _read_json_list(path: Path) -> list[Record]:
 
 def _read_jsonl(path: Path) -> list[Record]:
     out = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path} line {n}: not valid JSON ({e.msg}): {line[:80]!r}") from e
-            if not isinstance(row, dict):
-                raise DataError(
-                    f"{path} line {n}: expected a JSON object, got {type(row).__name__}"
-                )
-            out.append((f"{path} line {n}", row))
+    # StringIO splits lines as a text-mode file does (\n, \r\n, \r), not at the U+2028
+    # a JSON string may hold, so line numbers match an editor's.
+    for n, line in enumerate(io.StringIO(read_text(path), newline=None), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} line {n}: not valid JSON ({e.msg}): {line[:80]!r}") from e
+        if not isinstance(row, dict):
+            raise DataError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
+        out.append((f"{path} line {n}", row))
     return out
 
 
 def _read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:
     """Raw CSV rows with the line each starts on (quoted fields may span lines)."""
     rows = []
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        start = 1
-        try:
-            for row in reader:
-                if row:
-                    rows.append((start, row))
-                start = reader.line_num + 1
-        except csv.Error as e:
-            raise DataError(f"{path} line {reader.line_num}: malformed CSV ({e})") from e
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))  # csv wants newline=""
+    start = 1
+    try:
+        for row in reader:
+            if row:
+                rows.append((start, row))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise DataError(f"{path} line {reader.line_num}: malformed CSV ({e})") from e
     return rows
 
 
@@ -355,8 +375,12 @@ def _targets(rec: dict[str, Any], key: str, where: str) -> list[tuple[str, int]]
         raise DataError(f"{where}: {key} must be an object, got {type(raw).__name__}")
     out = []
     for answer, flag in pairs:
-        if not isinstance(answer, str) or int(flag) not in (0, 1):
-            raise DataError(f"{where}: {key} entry {answer!r}: {flag!r}; expected text -> 0 or 1")
+        # Checked, not int()-ed: int("x") is a traceback, int(0.7) a silent 0.
+        if not isinstance(answer, str) or not isinstance(flag, int) or flag not in (0, 1):
+            raise DataError(
+                f"{where}: {key} entry {answer!r}: {flag!r} ({type(flag).__name__}); "
+                f"expected answer text -> 1 (true) or 0 (false)"
+            )
         out.append((answer, int(flag)))
     return out
 
@@ -366,7 +390,8 @@ def parse_truthfulqa(
 ) -> MCItem:
     """One TruthfulQA question as an MCItem for ``subset`` (see ``load_truthfulqa``)."""
     question = _text(_field(rec, "question", where), where, "question")
-    pairs = _targets(rec, f"{subset}_targets", where)
+    item = f"{where} (item {item_id}, question {question[:60]!r})"
+    pairs = _targets(rec, f"{subset}_targets", item)
     true = [a for a, f in pairs if f == 1]
     false = [a for a, f in pairs if f == 0]
     if not true or not false:
