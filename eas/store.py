@@ -210,9 +210,9 @@ class Store:
         try:
             from safetensors import safe_open
 
-            with safe_open(str(p), framework="pt") as f:
+            with safe_open(str(p), framework="pt") as f:  # one open: metadata and tensors
                 meta = f.metadata() or {}
-            tensors = read_tensors(p)
+                tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
         except Exception as e:  # noqa: BLE001 - a corrupt cache entry is recomputed
             self._corrupt(kind, p, f"unreadable: {e}")
             return None

@@ -167,8 +167,9 @@ def load_runs(paths: Iterable[str | Path], skipped: list[str] | None = None) -> 
             skipped.append(str(err))
             continue
         fields = read_setup(file.parent)
-        setups[setup_id(fields)] = fields
-        frames.append(frame.assign(run_dir=str(file.parent), **{SETUP: setup_id(fields)}))
+        sid = setup_id(fields)
+        setups[sid] = fields
+        frames.append(frame.assign(run_dir=str(file.parent), **{SETUP: sid}))
     if not frames:
         raise NoResultsError("no usable results.parquet among the runs given: " + "; ".join(skipped or []))
     results = pd.concat(frames, ignore_index=True)
