@@ -162,6 +162,7 @@ class SteerJob:
 
     def unsteered(self) -> dict[str, Scored]:
         out = {}
+        before = self.store.tally("cells")
         for split, items in self.splits.items():
             k = store.key("unsteered", self.base_key, split)
             rec = self.store.get_json("cells", k, Scored.fits(items))
@@ -172,7 +173,7 @@ class SteerJob:
                 self.store.put_json("cells", k, rec)
             out[split] = Scored(**rec)
             log.info("unsteered %s accuracy %.3f (n=%d)", split, out[split].accuracy, len(items))
-        hit, done = self.store.tally("cells")
+        hit, done = (a - b for a, b in zip(self.store.tally("cells"), before))
         log.info("unsteered scores: %d splits from the store, %d computed", hit, done)
         return out
 
