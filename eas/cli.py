@@ -66,6 +66,14 @@ def _task(cfg: DictConfig) -> dict | None:
         record.done(summary)
         if cfg.experiment.name == "steer":
             _print_summary(summary, out_dir)
+    if cfg.experiment.name == "steer" and summary["failed_cells"] and summary["best"] is None:
+        # no cell landed: nothing to report, so a script must not read it as a result (in a
+        # multirun the job is recorded failed and the end-of-sweep callback sets the exit status)
+        tb = summary["failed_cells"][0]["error"].strip().splitlines()
+        print(f"eas: error: every cell failed ({len(summary['failed_cells'])}); the first: "
+              f"{tb[-1] if tb else '?'} (tracebacks in {out_dir / 'summary.json'})", file=sys.stderr)
+        if HydraConfig.get().mode.name != "MULTIRUN":
+            sys.exit(1)
     return record.result
 
 

@@ -1,9 +1,9 @@
 """The Hydra callback that ends every multirun: record each cell's state, merge the report.
 
 Configured in ``conf/config.yaml`` (``hydra.callbacks.sweep``). A sweep with a cell that
-is not done (failed, missing, or still running from an earlier launch) still merges what
-landed, then exits with status 1, so scripts notice; a detached sweep prints how to follow
-it and exits 0.
+is not done (failed, died, interrupted, missing, or still running from an earlier launch)
+still merges what landed, then exits with status 1, so scripts notice; so does a sweep
+whose states could not be recorded. A detached sweep prints how to follow it and exits 0.
 """
 
 from __future__ import annotations
@@ -25,8 +25,14 @@ class SweepCallback(Callback):
                   f"  resubmit missing and failed cells:  eas-sweep resume {sweep_dir}")
             return
         from eas.sweep.report import REPORT_DIR, finalize
+        from eas.sweep.status import RESUMABLE
 
-        st = finalize(sweep_dir)
+        try:
+            st = finalize(sweep_dir)
+        except Exception as e:  # noqa: BLE001 - Hydra would turn it into a warning and exit 0
+            print(f"eas: error: the cell states of {sweep_dir} were not recorded ({type(e).__name__}: {e}); "
+                  f"see `eas-sweep status {sweep_dir}`", file=sys.stderr)
+            sys.exit(1)
         if not st.cells:
             return
         lines = [f"eas: sweep {sweep_dir}: {st.counts()}"]
@@ -36,7 +42,7 @@ class SweepCallback(Callback):
             lines.append(f"  merged report: {sweep_dir / REPORT_DIR}")
         lines.append(f"  cell states: {sweep_dir / 'sweep_status.md'}")
         print("\n".join(lines))
-        if (st.count("failed") or st.count("missing")) and st.manifest is not None:
+        if any(st.count(s) for s in RESUMABLE) and st.manifest is not None:
             print(f"  resubmit the failed and missing cells: eas-sweep resume {sweep_dir}")
         if not st.complete:  # failed, missing, or still running from an earlier launch
             sys.exit(1)

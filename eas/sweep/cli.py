@@ -1,6 +1,7 @@
 """``eas-sweep``: follow, resume and report a sweep from its directory, from any shell.
 
-    eas-sweep status DIR [--wait] [--json]   each cell: done, failed (error), running, pending, missing
+    eas-sweep status DIR [--wait] [--json]   each cell: done, failed (error), died, interrupted,
+                                             running, pending, missing
     eas-sweep resume DIR [--detach|--wait] [hydra.launcher.X=Y ...]
                                              resubmit only the missing and failed cells
     eas-sweep report DIR                     write sweep_status.{json,md} and the merged report
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eas.sweep import records, slurm
-from eas.sweep.status import SweepStatus, sweep_status
+from eas.sweep.status import SweepStatus, backend_name, sweep_status
 
 
 def _quote(value: str) -> str:
@@ -52,8 +53,7 @@ def status(sweep_dir: Path, wait: bool, poll_s: float, as_json: bool) -> int:
     else:
         print(f"sweep {sweep_dir}: {st.counts()}")
         if not st.slurm_answered and st.manifest is not None:
-            who = "Vast.ai" if st.manifest.get("launcher") == "vast" else "SLURM"
-            print(f"  ({who} did not answer: states are from the job records only)")
+            print(f"  ({backend_name(st.manifest)} did not answer: states are from the job records only)")
         if st.cells:
             print(st.table())
         report = sweep_dir / "report" / "summary_table.md"
@@ -87,7 +87,7 @@ def resume(sweep_dir: Path, detach: bool | None, overrides: list[str]) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eas-sweep", description="Follow, resume and report an eas sweep.")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("status", help="each cell: done, failed (with the error), running, pending, missing")
+    s = sub.add_parser("status", help="each cell: done, failed (with the error), died, interrupted, running, pending, missing")
     s.add_argument("dir", type=Path, metavar="DIR", help="the sweep dir (hydra.sweep.dir)")
     s.add_argument("--wait", action="store_true", help="wait until no cell is queued or running")
     s.add_argument("--poll", type=float, default=10.0, metavar="S", help="seconds between looks (--wait)")

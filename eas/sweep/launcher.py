@@ -37,7 +37,7 @@ from omegaconf import OmegaConf
 
 from eas.sweep import records, slurm
 from eas.sweep.pack import PACK_KEYS, pack
-from eas.sweep.status import LIVE, sweep_status
+from eas.sweep.status import LIVE, backend_name, sweep_status
 
 log = logging.getLogger("eas")
 
@@ -219,8 +219,7 @@ class SweepLauncher:
             raise
         return [out[e["num"]] for e, _ in submitted]
 
-    @staticmethod
-    def _job_return(entry: dict, job, has_result: bool, state: str | None):
+    def _job_return(self, entry: dict, job, has_result: bool, state: str | None):
         from hydra.core.utils import JobReturn, JobStatus
 
         if has_result:
@@ -232,6 +231,7 @@ class SweepLauncher:
             except Exception as e:  # noqa: BLE001 - submitit's error for a job that raised outside the task
                 value = {"state": "failed", "error": str(e).splitlines()[0]}
         else:
-            value = {"state": "failed", "error": f"SLURM job {job.job_id} ended {state} without a result"}
+            who = backend_name({"launcher": self._EXECUTOR})
+            value = {"state": "failed", "error": f"{who} job {job.job_id} ended {state} without a result"}
         log.error("job #%d (%s): %s", entry["num"], " ".join(entry["overrides"]), value["error"])
         return JobReturn(overrides=entry["overrides"], status=JobStatus.COMPLETED, _return_value=value)

@@ -4,9 +4,11 @@
   the sweep again (cwd, overrides, the env vars that locate the store) and every
   job: its number, its overrides, the cells (override sets) it covers, and the
   SLURM ids it was submitted under.
-- ``<job dir>/status.json`` (written by the job itself): ``running``, then
-  ``done`` or ``failed`` (error, traceback), or ``interrupted`` (preempted,
-  timed out, killed: the process ended without finishing).
+- ``<job dir>/status.json`` (written by the job itself): ``running`` (with the host,
+  pid and the pid's start time, so a reader on that host can tell that the process is
+  gone), then ``done`` or ``failed`` (error, traceback), or ``interrupted`` (SIGTERM,
+  Ctrl-C, preempted: the process ended without finishing). A SIGKILL writes nothing:
+  ``eas.sweep.status`` reports such a record ``died``.
 
 Every write is atomic (``eas.store.write_json``), so a reader never sees half a record.
 """
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -54,6 +58,29 @@ def slurm_job_id() -> str | None:
     return env.get("SLURM_JOB_ID")
 
 
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """``(state letter, start time in clock ticks since boot)`` of a Linux process, or None when
+    it does not exist (or there is no ``/proc``). The start time tells a reused pid apart."""
+    try:
+        text = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = text.rpartition(")")[2].split()  # the command name, in parentheses, may hold spaces
+    return fields[0], int(fields[19])
+
+
+class Terminated(SystemExit):
+    """SIGTERM during a job (``kill``, ``docker stop``, a scheduler): recorded ``interrupted``;
+    the process exits 143 (128 + SIGTERM), as an unhandled SIGTERM would."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated
+
+
 def _error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip()
 
@@ -65,10 +92,12 @@ class JobRecord:
         self.path = Path(job_dir) / STATUS
         self.result: Any = None
         self.failed = False
+        stat = proc_stat(os.getpid())
         self.rec: dict[str, Any] = {
             "state": "running", "num": num, "overrides": overrides, "job_dir": str(Path(job_dir).resolve()),
             "slurm_job_id": slurm_job_id(), "attempt": int(os.environ.get("SLURM_RESTART_COUNT") or 0),
-            "host": socket.gethostname(), "pid": os.getpid(), "started": now(),
+            "host": socket.gethostname(), "pid": os.getpid(), "pid_start": stat[1] if stat else None,
+            "started": now(),
         }
         self._t0 = time.monotonic()
 
@@ -98,7 +127,10 @@ class JobRecord:
                      traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
 
     def interrupted(self, exc: BaseException) -> None:
-        self._finish("interrupted", error=f"process ended early: {type(exc).__name__}{exc.args or ''}")
+        if self.rec["state"] != "running":  # a signal after the job's end was recorded changes nothing
+            return
+        why = "terminated by SIGTERM" if isinstance(exc, Terminated) else f"{type(exc).__name__}{exc.args or ''}"
+        self._finish("interrupted", error=f"process ended early: {why}")
 
 
 @contextmanager
@@ -110,7 +142,9 @@ def job_record(job_dir: Path, multirun: bool | None = None):
     sweep's end callback reports it and sets the exit status. Outside a multirun it
     is recorded and re-raised. ``SystemExit``/``KeyboardInterrupt`` are never swallowed
     (submitit exits that way after requeueing a preempted job): raised while handling
-    an error they record that error, otherwise ``interrupted``.
+    an error they record that error, otherwise ``interrupted``. SIGTERM is caught while
+    the job runs (outside submitit, which handles it itself) and ends it ``interrupted``
+    with exit status 143.
 
     Yields:
         JobRecord: call ``.done(summary)`` when the job returns; ``.result`` is what the
@@ -128,20 +162,31 @@ def job_record(job_dir: Path, multirun: bool | None = None):
     except ValueError:  # not inside a Hydra job
         pass
     record = JobRecord(Path(job_dir), num, overrides)
-    _write(record.path, record.rec)
+    # submitit installs its own SIGTERM handler (it ignores SLURM's SIGTERM at preemption and
+    # requeues on USR2): only a default handler is replaced, and only the main thread may;
+    # before the first write, so that a job that reads as running already catches SIGTERM
+    own_sigterm = (threading.current_thread() is threading.main_thread()
+                   and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+    if own_sigterm:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        yield record
-    except Exception as e:
-        record.error(e)
-        if not multirun:
+        _write(record.path, record.rec)
+        try:
+            yield record
+        except Exception as e:
+            record.error(e)
+            if not multirun:
+                raise
+        except BaseException as e:
+            ctx = e.__context__
+            if isinstance(ctx, Exception) and not isinstance(e, Terminated):
+                record.error(ctx)  # sys.exit(2) after a user error: that error is the cause
+            else:
+                record.interrupted(e)
             raise
-    except BaseException as e:
-        ctx = e.__context__
-        if isinstance(ctx, Exception):  # sys.exit(2) after a user error: that error is the cause
-            record.error(ctx)
-        else:
-            record.interrupted(e)
-        raise
+    finally:
+        if own_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def read_manifest(sweep_dir: Path) -> dict | None:

@@ -14,7 +14,7 @@ import io
 import logging
 from pathlib import Path
 
-from eas.sweep.status import SweepStatus, sweep_status
+from eas.sweep.status import RESUMABLE, SweepStatus, sweep_status
 
 log = logging.getLogger("eas")
 STATUS_JSON = "sweep_status.json"
@@ -31,7 +31,7 @@ def _markdown(st: SweepStatus, report: Path | None) -> str:
         err = (c.error or "").strip().splitlines()
         lines.append(f"| {c.state} | {c.slurm_job_id or c.num or ''} | {' '.join(c.cell)} | "
                      f"{(err[-1] if err else '').replace('|', '/')} |")
-    failed = [j for j in st.jobs if j.state == "failed" and j.error]
+    failed = [j for j in st.jobs if j.state in RESUMABLE and j.error]
     if failed:
         lines += ["", "## Errors", ""]
         for j in failed:

@@ -1,25 +1,32 @@
 """The state of every cell of a sweep, from its records and (where it answers) SLURM.
 
-A cell is ``done``, ``failed`` (with the error), ``running``, ``pending`` (queued
-or requeued), ``missing`` (never submitted, cancelled before it started, or
-forgotten by SLURM before it ran) or ``unknown`` (submitted, SLURM does not answer). A job's ``status.json`` counts
-only if it belongs to the job's latest submission; a record that still says
-``running`` while SLURM says the job ended (scancel, timeout, out of memory, node
-failure) is ``failed`` with SLURM's state and the job's log.
+A cell is ``done``, ``failed`` (with the error), ``died`` (its record says running,
+but the process is gone from this host: SIGKILL, out of memory), ``interrupted``
+(SIGTERM, Ctrl-C), ``running``, ``pending`` (queued or requeued), ``missing`` (never
+started: not submitted, cancelled before it started, forgotten by SLURM before it
+ran, or a job of a local multirun with no ``status.json``) or ``unknown`` (submitted,
+SLURM does not answer). A job's ``status.json`` counts only if it belongs to the
+job's latest submission; a record that still says ``running`` while SLURM says the
+job ended (scancel, timeout, out of memory, node failure) is ``failed`` with SLURM's
+state and the job's log.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from eas.sweep import records, slurm
 
-STATES = ("done", "failed", "running", "pending", "missing", "unknown")
+STATES = ("done", "failed", "died", "interrupted", "running", "pending", "missing", "unknown")
 LIVE = ("running", "pending", "unknown")  # resume leaves these alone
+RESUMABLE = ("failed", "died", "interrupted", "missing")  # resume resubmits these
 # how a steer job names a cell in summary.json's failed_cells (eas.jobs.steer.cell_name)
 _CELL_NAME = re.compile(r"L(?P<layer>-?\d+)_s(?P<strength>[^/\s]+)$")
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 @dataclass
@@ -100,15 +107,40 @@ def _same_job(recorded: str | None, submitted: str) -> bool:
     return recorded is None or recorded == submitted or recorded == f"{submitted}_0"
 
 
-def _ended(sid: str, state: str) -> str:
-    return f"SLURM job {sid} " + ("is no longer queued or running" if state == "UNKNOWN" else f"ended {state}")
+def backend_name(manifest: dict | None) -> str:
+    """Who ran the sweep's jobs, as errors name it (the Vast executor records SLURM's states)."""
+    return "Vast.ai" if (manifest or {}).get("launcher") == "vast" else "SLURM"
+
+
+def _ended(sid: str, state: str, manifest: dict | None) -> str:
+    return (f"{backend_name(manifest)} job {sid} "
+            + ("is no longer queued or running" if state == "UNKNOWN" else f"ended {state}"))
 
 
 def _log_hint(manifest: dict | None, slurm_job_id: str | None) -> str:
     folder = (manifest or {}).get("submitit_folder")
     if not folder or not slurm_job_id:
         return ""
-    return f"; log: {folder.replace('%j', slurm_job_id)}/{slurm_job_id}_0_log.err"
+    # SLURM splits stdout and stderr; the Vast runner writes both to the job's stdout
+    ext = "out" if (manifest or {}).get("launcher") == "vast" else "err"
+    return f"; log: {folder.replace('%j', slurm_job_id)}/{slurm_job_id}_0_log.{ext}"
+
+
+def process_gone(rec: dict) -> bool:
+    """Whether the process a ``running`` record names has ended: only a reader on the job's own
+    host can tell (elsewhere, or with no pid recorded: False)."""
+    pid = rec.get("pid")
+    if not isinstance(pid, int) or pid <= 0 or rec.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the pid exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process
+        pass
+    stat = records.proc_stat(pid)  # Linux; None without /proc
+    # a zombie is dead but not yet reaped by its parent; another start time is a reused pid
+    return stat is not None and (stat[0] in "ZX" or rec.get("pid_start") not in (None, stat[1]))
 
 
 def resolve_job(job: dict, rec: dict | None, slurm_state: str | None, manifest: dict | None = None) -> JobState:
@@ -132,12 +164,18 @@ def resolve_job(job: dict, rec: dict | None, slurm_state: str | None, manifest: 
         elif slurm.is_live(slurm_state):
             st.state = "pending" if slurm_state in slurm.QUEUED else "running"
         elif slurm_state is None or not sid:
-            # no scheduler to ask: trust the record (a local job that died stays "running")
-            st.state = "running" if state == "running" else "failed"
-            st.error = rec.get("error") if state != "running" else None
+            # no scheduler to ask: the record, and whether its process is still there
+            if state == "running" and process_gone(rec):
+                st.state = "died"
+                st.error = (f"process {rec['pid']} on {rec['host']} ended without recording why "
+                            f"(SIGKILL, out of memory, power loss)")
+            elif state in ("running", "interrupted"):
+                st.state, st.error = state, rec.get("error")
+            else:
+                st.state, st.error = "failed", rec.get("error")
         else:
             st.state = "failed"
-            st.error = (f"{_ended(sid, slurm_state)} while running"
+            st.error = (f"{_ended(sid, slurm_state, manifest)} while running"
                         + (f" ({rec['error']})" if rec.get("error") else "") + _log_hint(manifest, sid))
     elif sid:
         if slurm.is_live(slurm_state):
@@ -149,10 +187,10 @@ def resolve_job(job: dict, rec: dict | None, slurm_state: str | None, manifest: 
             st.state = "missing"
         elif slurm_state == "CANCELLED":
             st.state = "missing"
-            st.error = f"SLURM job {sid} was cancelled before the cell started"
+            st.error = f"{backend_name(manifest)} job {sid} was cancelled before the cell started"
         else:
             st.state = "failed"
-            st.error = f"{_ended(sid, slurm_state)} before the job recorded a status" + _log_hint(manifest, sid)
+            st.error = f"{_ended(sid, slurm_state, manifest)} before the job recorded a status" + _log_hint(manifest, sid)
     if st.cells == [] and st.overrides is not None:
         st.cells = [st.overrides]
     return st
@@ -194,11 +232,35 @@ def latest_records(sweep_dir: Path) -> dict[int | str, dict]:
     return recs
 
 
+def planned_jobs(sweep_dir: Path) -> list[dict]:
+    """Every job of a multirun without a manifest, numbered as Hydra numbers them, from the
+    ``multirun.yaml`` that Hydra's basic sweeper writes before the first job starts; [] for
+    another sweeper or a file that does not parse (the records alone are listed then)."""
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return []
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        hc = OmegaConf.to_container(OmegaConf.load(path).hydra, resolve=False)
+        if hc["sweeper"].get("_target_") != BASIC_SWEEPER:
+            return []
+        # what BasicSweeper.sweep expands: its params, then the command line's overrides
+        args = [f"{k}={v}" for k, v in (hc["sweeper"].get("params") or {}).items()] + list(hc["overrides"]["task"])
+        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
+    except Exception:  # noqa: BLE001 - a sweep we cannot expand is listed from its records
+        return []
+    return [{"num": i, "overrides": list(o), "slurm_job_id": None} for i, o in enumerate(batches[0])]
+
+
 def sweep_status(sweep_dir: str | Path, ask_slurm: bool = True) -> SweepStatus:
     """Resolve every job and cell of a sweep dir.
 
-    With a manifest (``hydra/launcher=slurm``) every cell of the sweep is listed, run
-    or not; without one (other launchers) the jobs that recorded a status are.
+    With a manifest (``hydra/launcher=slurm|vast``) every cell of the sweep is listed,
+    run or not; without one, every job of the multirun (``multirun.yaml``): a job that
+    never wrote a ``status.json`` is ``missing``.
     """
     sweep_dir = Path(sweep_dir)
     manifest = records.read_manifest(sweep_dir)
@@ -206,8 +268,12 @@ def sweep_status(sweep_dir: str | Path, ask_slurm: bool = True) -> SweepStatus:
     if manifest is not None:
         jobs = manifest.get("jobs", [])
     else:
-        jobs = [{"num": r.get("num"), "overrides": r.get("overrides", []), "slurm_job_id": r.get("slurm_job_id"),
-                 "_key": k} for k, r in recs.items()]
+        # a job's SLURM id (hydra/launcher=submitit_slurm) is known from its record only
+        jobs = [{**j, "slurm_job_id": recs.get(j["num"], {}).get("slurm_job_id"), "_key": j["num"]}
+                for j in planned_jobs(sweep_dir)]
+        planned = {j["num"] for j in jobs}
+        jobs += [{"num": r.get("num"), "overrides": r.get("overrides", []), "slurm_job_id": r.get("slurm_job_id"),
+                  "_key": k} for k, r in recs.items() if k not in planned]
     ids = [j.get("slurm_job_id") for j in jobs if j.get("slurm_job_id")]
     if (manifest or {}).get("launcher") == "vast":  # the Vast executor's job records, in SLURM's words
         from eas.vast.records import job_states as vast_job_states

@@ -123,8 +123,15 @@ class InstanceRunner:
     def _rent(self, vast) -> Remote:
         spec, tried = self.spec(), set()
         attempts = int(self.p.get("max_attempts", 2))
+        last: api.VastError | None = None
         for attempt in range(attempts):
-            offer = api.find_offer(vast, spec, exclude=tried)
+            try:
+                offer = api.find_offer(vast, spec, exclude=tried)
+            except api.VastError as e:
+                if last is None:
+                    raise
+                # no other offer: what went wrong with the last instance is the cause, not "no offer"
+                raise api.VastError(f"{last} (no other offer to try)") from e
             tried.add(int(offer["id"]))
             if self.stop.is_set():
                 raise api.VastError("stopped before an instance was rented")
@@ -145,16 +152,26 @@ class InstanceRunner:
             except api.VastError as e:
                 if attempt + 1 == attempts:
                     raise
+                last = e
                 log.warning("vast %s: %s; destroying it and trying another offer", self.label, e)
                 self.destroy(vast)
         raise AssertionError("unreachable")
 
     def _wait_ssh(self, remote: Remote) -> None:
-        deadline = time.monotonic() + float(self.p.get("ssh_timeout_s", 300))
+        timeout_s = float(self.p.get("ssh_timeout_s", 300))
+        deadline = time.monotonic() + timeout_s
         while remote.run("true", timeout_s=60, log=subprocess.DEVNULL) != 0:
-            if time.monotonic() > deadline or self.stop.is_set():
-                raise api.VastError(f"instance {self.instance_id}: no SSH at {remote.host}:{remote.port}; "
-                                    f"is your public key in the Vast account (vastai create ssh-key)?")
+            if self.stop.is_set():
+                raise api.VastError(f"stopped while waiting for SSH on instance {self.instance_id}")
+            if time.monotonic() > deadline:
+                # a closed port and a refused key have different fixes: say which it was
+                if not remote.port_open():
+                    raise api.VastError(f"instance {self.instance_id} never opened its SSH port {remote.host}:"
+                                        f"{remote.port} in {timeout_s:.0f} s; if it boots slowly, raise "
+                                        f"hydra.launcher.ssh_timeout_s")
+                raise api.VastError(f"instance {self.instance_id}: SSH at {remote.host}:{remote.port} did not let "
+                                    f"us in; is your public key in the Vast account (vastai create ssh-key), and "
+                                    f"hydra.launcher.ssh_key its private key?")
             time.sleep(float(self.p.get("poll_s", 10)))
 
     def _push_code(self, remote: Remote) -> None:

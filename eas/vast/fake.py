@@ -37,7 +37,8 @@ class FakeVast:
     on_create: Callable[[int], tuple[str, int]] | None = None
     on_destroy: Callable[[int], None] | None = None
     # the state an instance reports; "never" keeps it "loading"; a callable (id, n_shows) -> state
-    start_state: str | Callable[[int, int], str] = "running"
+    # or (state, status_msg), asked again while it answers "loading"
+    start_state: str | Callable[[int, int], str | tuple[str, str]] = "running"
     requests: list[dict] = field(default_factory=list)
     instances: dict[int, dict] = field(default_factory=dict)
     shows: dict[int, int] = field(default_factory=dict)
@@ -135,6 +136,8 @@ class FakeVast:
                 if row["actual_status"] == "loading":
                     st = self.start_state
                     st = st(ident, self.shows[ident]) if callable(st) else st
+                    if isinstance(st, tuple):  # (state, status_msg): why an instance will not run
+                        st, row["status_msg"] = st
                     if st != "never":
                         row["actual_status"] = st
                 return 200, {"instances": dict(row)}

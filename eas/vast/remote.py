@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -29,6 +30,14 @@ class Remote:
         if self.key:
             args += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
         return args
+
+    def port_open(self) -> bool:
+        """Whether anything accepts a TCP connection at the SSH address."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s):
+                return True
+        except OSError:
+            return False
 
     def run(self, command: str, timeout_s: float | None = None, log=None) -> int:
         """Run a shell command on the instance; its output goes to ``log`` (a file) or ours."""

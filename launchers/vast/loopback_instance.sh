@@ -3,22 +3,31 @@
 # inside its own mount and pid namespaces, so nothing it writes reaches this machine's
 # /etc, /root, /tmp, /run or the project dir (the test pushes code there over rsync, as to
 # a real instance). Kill the namespace's init (the printed pid's child) to "destroy" it.
-#   loopback_instance.sh STATE_DIR PORT AUTHORIZED_KEYS_FILE PROJECT_DIR [BASE_PYTHON_PREFIX]
-# BASE_PYTHON_PREFIX: where the venv's base Python lives when that is under /root (pyenv).
+#   loopback_instance.sh STATE_DIR PORT AUTHORIZED_KEYS_FILE PROJECT_DIR [PYTHON_PREFIX ...]
+# PYTHON_PREFIX: the Python the jobs run with (the test passes its sys.prefix and sys.base_prefix),
+# kept visible at the same path though the namespace hides the project dir, /root, /tmp and /run.
 # Needs root, unshare (util-linux) and openssh-server (launchers/vast/install.sh).
 set -euo pipefail
-state=$1 port=$2 keys=$3 project=$4 pyprefix=${5:-}
-mkdir -p "$state"/{root/.ssh,tmp,run/sshd,project/.venv}
+state=$1 port=$2 keys=$3 project=$4
+shift 4
+mkdir -p "$state"/{root/.ssh,tmp,run/sshd,project}
 cp -a /etc "$state/etc"
 ssh-keygen -q -t ed25519 -N '' -f "$state/hostkey" <<<y >/dev/null 2>&1 || true
 cp "$keys" "$state/root/.ssh/authorized_keys"
 chmod 700 "$state/root" "$state/root/.ssh"; chmod 600 "$state/root/.ssh/authorized_keys"
 exec unshare --mount --pid --fork --mount-proc bash -c '
   set -e
-  state=$1 port=$2 project=$3 pyprefix=$4
+  state=$1 port=$2 project=$3
+  shift 3
   mount --make-rprivate /
-  case "$pyprefix" in /root/*) mkdir -p "$state$pyprefix"; mount --bind "$pyprefix" "$state$pyprefix";; esac
-  mount --bind "$project/.venv" "$state/project/.venv"   # the Python the job runs with
+  for prefix in "$@"; do  # bound into the views that replace the dirs it lives under (below)
+    case "$prefix" in
+      "$project"/*) dst=$state/project${prefix#"$project"};;
+      /root/*|/tmp/*|/run/*) dst=$state$prefix;;
+      *) continue;;  # not hidden
+    esac
+    mkdir -p "$dst"; mount --bind "$prefix" "$dst"
+  done
   # a second view of the project inside the future /tmp, for a project that lives under /tmp
   mkdir -p "$state/tmp/.eas_project"
   mount --rbind "$state/project" "$state/tmp/.eas_project"
@@ -34,4 +43,4 @@ exec unshare --mount --pid --fork --mount-proc bash -c '
   exec /usr/sbin/sshd -D -e -p "$port" -h /run/hostkey -o ListenAddress=127.0.0.1 \
     -o PermitRootLogin=prohibit-password -o PasswordAuthentication=no -o UsePAM=no -o StrictModes=no \
     -o PidFile=none -o AuthorizedKeysFile=/root/.ssh/authorized_keys
-' bash "$state" "$port" "$project" "$pyprefix"
+' bash "$state" "$port" "$project" "$@"

@@ -38,6 +38,7 @@ pytestmark = [
 pytest.importorskip("vastai", reason="the vastai SDK is not installed: pip install 'eas[vast]'")
 
 from eas.vast.fake import FakeVast
+from eas.vast.remote import Remote
 
 
 def free_port() -> int:
@@ -47,18 +48,32 @@ def free_port() -> int:
 
 
 class Instances:
-    """Loopback sshd instances, started on create and killed on destroy."""
+    """Loopback sshd instances, started on create and killed on destroy. Each reports
+    ``loading`` until its sshd listens, and ``exited`` with its log if the script ended."""
 
     def __init__(self, state: Path, pubkey: Path):
-        self.state, self.pubkey, self.procs = state, pubkey, {}
+        self.state, self.pubkey, self.procs, self.ports = state, pubkey, {}, {}
 
     def create(self, iid: int) -> tuple[str, int]:
         port = free_port()
-        prefix = os.path.realpath(sys.base_prefix)
+        # the Python the jobs run with, wherever this venv lives (not only <project>/.venv)
+        prefixes = dict.fromkeys([sys.prefix, os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)])
         self.procs[iid] = subprocess.Popen(
-            ["bash", str(INSTANCE), str(self.state / str(iid)), str(port), str(self.pubkey), str(ROOT), prefix],
+            ["bash", str(INSTANCE), str(self.state / str(iid)), str(port), str(self.pubkey), str(ROOT), *prefixes],
             stdout=subprocess.DEVNULL, stderr=open(self.state / f"{iid}.log", "wb"), start_new_session=True)  # noqa: SIM115
+        self.ports[iid] = port
         return "127.0.0.1", port
+
+    def start_state(self, iid: int, n_shows: int) -> str | tuple[str, str]:
+        """FakeVast's answer for an instance still loading: the launcher waits on it (start_timeout_s)."""
+        if iid not in self.ports:
+            return "loading"
+        p = self.procs[iid]
+        if p.poll() is not None:
+            log = " ".join((self.state / f"{iid}.log").read_text(errors="replace").split())
+            return "exited", (f"loopback instance never opened 127.0.0.1:{self.ports[iid]}: "
+                              f"{INSTANCE.name} exited {p.returncode}: {log[:300] or 'no output'}")
+        return "running" if Remote("127.0.0.1", self.ports[iid], connect_timeout_s=1).port_open() else "loading"
 
     def destroy(self, iid: int) -> None:
         p = self.procs.get(iid)
@@ -76,7 +91,7 @@ def vast(tmp_path):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "keys" / "id")], check=True)
     (tmp_path / "inst").mkdir()
     insts = Instances(tmp_path / "inst", tmp_path / "keys" / "id.pub")
-    fake = FakeVast(key=KEY, on_create=insts.create, on_destroy=insts.destroy)
+    fake = FakeVast(key=KEY, on_create=insts.create, on_destroy=insts.destroy, start_state=insts.start_state)
     fake.url = fake.start()
     fake.insts = insts
     yield fake
@@ -94,7 +109,8 @@ def eas(tmp_path: Path, fake, *overrides: str, timeout: float = 240) -> subproce
     cmd = [sys.executable, "-m", "eas.cli", "-m", "hydra/launcher=vast", "model=tiny_random", "progress=false",
            f"hydra.launcher.server_url={fake.url}", f"hydra.launcher.ssh_key={tmp_path / 'keys' / 'id'}",
            "hydra.launcher.setup=[]", f"hydra.launcher.python={sys.executable}", "hydra.launcher.poll_s=0.2",
-           "hydra.launcher.start_timeout_s=30", "hydra.launcher.ssh_timeout_s=30", *overrides]
+           # ceilings, not waits: an instance reports running once its sshd listens
+           "hydra.launcher.start_timeout_s=120", "hydra.launcher.ssh_timeout_s=120", *overrides]
     return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env(tmp_path),
                           cwd=tmp_path)
 

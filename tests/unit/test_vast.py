@@ -120,8 +120,20 @@ def test_teardown_when_ssh_fails(fake, tmp_path):
     ex = executor(tmp_path, fake)
     job = ex.submit(print, "x")
     wait_done([job])
-    assert job.state == "CANCELLED" and "no SSH" in records.read_job_state(job.paths.folder)["error"]
+    err = records.read_job_state(job.paths.folder)["error"]
+    assert job.state == "CANCELLED" and "never opened its SSH port 127.0.0.1:1" in err and "public key" not in err
     assert fake.live() == [] and len(fake.calls("DELETE", "/api/v0/instances/")) == 1
+
+
+def test_last_offer_keeps_the_instance_error(fake, tmp_path):
+    """With no other offer to try, the error is what went wrong, not "no offer"."""
+    fake.on_create = lambda iid: ("127.0.0.1", 1)
+    ex = executor(tmp_path, fake, max_attempts=2, max_dph=0.5, gpu_name="RTX 4090")  # one offer passes
+    job = ex.submit(print, "x")
+    wait_done([job])
+    err = records.read_job_state(job.paths.folder)["error"]
+    assert "never opened its SSH port" in err and "no other offer to try" in err, err
+    assert fake.live() == [] and len(fake.instances) == 1
 
 
 def test_teardown_all_on_interrupt(fake, tmp_path):
