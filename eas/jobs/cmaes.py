@@ -199,8 +199,11 @@ class CmaesJob:
     def run(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         cfg, x, job = self.cfg, self.x, self.steer
-        if x.fitness == "api_judge":  # no key or no such judge model: fail before loading the model
+        if x.fitness == "api_judge":  # no key, or nothing answers at api_base: fail before loading the model
+            from eas.judges import probe_endpoint
+
             self.api_judge()
+            probe_endpoint(x.judge.api_base)
         if x.fitness == "judge":
             self.judge_model_spec()
         job.load()

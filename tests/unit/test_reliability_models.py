@@ -187,3 +187,19 @@ def test_api_judge_reports_a_client_error_without_retrying(server, tmp_path, mon
     with pytest.raises(RuntimeError, match=r"HTTP 400: .*busy"):
         j(["q"], ["r"])
     assert len(_Handler.seen) == 1
+
+
+def test_unreachable_judge_endpoint_fails_before_the_model_loads(tmp_path):
+    import subprocess
+    import sys
+
+    base = f"http://127.0.0.1:{_closed_port()}/v1"
+    env = {**__import__("os").environ, "EAS_TEST_KEY": "k", "EAS_STORE": str(tmp_path / "st")}
+    out = subprocess.run([sys.executable, "-m", "eas.cli", "experiment=cmaes", "model=tiny_random", "method=mean_diff",
+                          "experiment.fitness=api_judge", f"experiment.judge.api_base={base}",
+                          "experiment.judge.api_key_env=EAS_TEST_KEY", "progress=false"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 2, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("eas: error: experiment.judge.api_base=") and "no answer from" in last
+    assert "loaded in" not in out.stderr  # the model was never loaded
