@@ -35,7 +35,7 @@ def main(argv=None):
     cfg = SimpleNamespace(name=args.model, source="embedded", id=args.model, dtype="float32", device="cpu",
                           quantization="none", device_map=None, revision=None, trust_remote_code=False)
     lm = models.load(cfg)
-    bench = load_benchmark(SimpleNamespace(name="eas_sycophancy", loader="builtin", path=None, hub_id=None,
+    bench = load_benchmark(SimpleNamespace(name="eas_sycophancy", format="eas", path=None, hub_id=None,
                                            hub_config=None, hub_split=None, kind="ab", options={}))
     p = Prompter(lm.tokenizer, "chat")
     items = list(bench.items)[: args.pairs]

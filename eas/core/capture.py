@@ -1,5 +1,5 @@
 """Activation capture: one batched pass records every requested (layer, site,
-position rule) and stops after the highest requested layer."""
+position rule) and stops at the highest requested layer's site."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from contextlib import ExitStack
 import torch
 from torch import Tensor
 
-from eas.core.intervene import _hidden, hook_output
+from eas.core.intervene import hook
+from eas.core.sites import SiteMap
 from eas.core.tokens import TokenBatch, batches, pad_id
-from eas.models import SiteMap
 
 POSITION_RULES = ("last", "mid", "mean")
 
 
 class _Stop(Exception):
-    """Raised after the highest requested layer: the rest of the model is not run."""
+    """Raised once the highest requested layer's site is recorded: the rest of the model is not run."""
 
 
 def reduce_positions(hidden: Tensor, attention_mask: Tensor, rule: str) -> Tensor:
@@ -60,11 +60,11 @@ def capture(
     pad: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Tensor]:
-    """Record ``site`` outputs at ``layers`` for every text.
+    """Record the tensor of ``site`` at ``layers`` for every text (an input site: the module's input).
 
     Args:
         token_rows: token ids per text (``eas.core.tokens.encode``).
-        layers: 0-based block indices (``eas.models`` says what each site means).
+        layers: 0-based block indices (``eas.core.sites`` says what each site means).
         positions: position rules to reduce to (``last``, ``mid``, ``mean``).
         progress: called with the number of texts done after each batch.
 
@@ -84,18 +84,17 @@ def capture(
         seen: dict[int, Tensor] = {}
 
         def record(layer, seen=seen):
-            def fn(output):
-                seen[layer] = _hidden(output)
-                return output
+            def fn(hidden):
+                seen[layer] = hidden
             return fn
 
-        def stop(output):
+        def stop(hidden):
             raise _Stop
 
         with ExitStack() as stack:
             for layer in set(layers):
-                stack.enter_context(hook_output(sites.module(layer, site), record(layer)))
-            stack.enter_context(hook_output(sites.block(top), stop))
+                stack.enter_context(hook(sites, layer, site, record(layer)))
+            stack.enter_context(hook(sites, top, site, stop))  # runs after the record hook on that module
             try:
                 run_batch(model, batch)
             except _Stop:

@@ -11,7 +11,7 @@ point has coordinates of size ~1 and ``sigma0`` is the relative size of a first 
 (a step of ``sigma0`` in every coordinate has norm ~``sigma0 * ||c0||``).
 
 A fitness is a plain callable: ``[n, d_model]`` steering deltas -> ``[n]`` scores, higher
-is better. ``mc_fitness`` scores a whole generation with one call of the sweep engine
+is better. ``mc_fitness`` scores a whole generation with one call of the fast engine
 (candidates stacked as query tokens over a cached prefix). ``Refiner`` is a thin ask/tell
 loop over ``cma.CMAEvolutionStrategy`` whose state (the strategy and its private random
 generator) pickles, so a run resumed from any generation continues exactly.
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from eas.core.engine import Cell, PrefixCache, sweep_mc
 from eas.core.score import LetterHead
-from eas.core.sweep import Cell, PrefixCache, sweep_mc
-from eas.models import SiteMap
+from eas.core.sites import SiteMap
 
 Fitness = Callable[[Tensor], Tensor]  # [n, d_model] deltas -> [n] scores (higher is better)
 
@@ -181,7 +181,7 @@ def mc_fitness(
     """A fitness that scores all deltas of a call with one ``sweep_mc`` call at ``layer``.
 
     ``metric(scores [c, n, L], labels [n]) -> [c]`` turns letter scores into fitness
-    (``accuracy_fitness``, ``label_logprob``). Pass ``prefix`` (``sweep.prefix_cache`` of
+    (``accuracy_fitness``, ``label_logprob``). Pass ``prefix`` (``engine.prefix_cache`` of
     ``token_rows``) to compute the items' prefixes once for every generation.
     """
     labels = torch.as_tensor(labels, dtype=torch.long)

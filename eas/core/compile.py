@@ -1,7 +1,7 @@
 """Optional ``torch.compile`` of a model's blocks, safe for eas's hooks.
 
-Every capture, steer and ablation in eas is a forward hook on a site module (a block,
-its MLP, its attention, a norm). Compiling a module's ``__call__`` traces its hooks into
+Every capture, steer and ablation in eas is a forward hook (output sites) or a forward
+pre-hook (input sites) on a site module (a block, its MLP, its attention, a norm). Compiling a module's ``__call__`` traces its hooks into
 the graph, and dynamo does not re-check hooks added later by default: a capture hook
 registered after compiling silently never runs. So eas compiles *regions* instead,
 and only a module's ``forward``: hooks live in ``nn.Module.__call__``, outside the
@@ -16,20 +16,36 @@ matmuls (norms, activations, gating); the matmuls and SDPA are the same kernels.
 
 from __future__ import annotations
 
-import logging
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from eas.models import SiteMap
+from eas.core.sites import SiteMap
 
-log = logging.getLogger("eas")
+
+@dataclass(frozen=True)
+class Compiled:
+    """What ``compile_blocks`` did, for the caller to report.
+
+    Attributes:
+        regions: ``"block.child"`` names of the compiled modules (e.g. ``"0.mlp"``).
+        seconds: wall time of the warm-up pass in which compiling happens.
+    """
+
+    regions: tuple[str, ...]
+    seconds: float
+
+    @property
+    def kinds(self) -> list[str]:
+        """The child names compiled in a block, sorted (e.g. ``["input_layernorm", "mlp", ...]``)."""
+        return sorted({name.split(".", 1)[1] for name in self.regions})
 
 
 def regions(sites: SiteMap) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every region ``compile_blocks`` compiles, block by block."""
-    attn = sites.table.get("self_attn")
+    attn = sites.table["self_attn"].path if "self_attn" in sites.table else None
     out = []
     for i, block in enumerate(sites.blocks):
         for name, child in block.named_children():
@@ -39,14 +55,14 @@ def regions(sites: SiteMap) -> list[tuple[str, nn.Module]]:
     return out
 
 
-def compile_blocks(model: nn.Module, sites: SiteMap) -> int:
+def compile_blocks(model: nn.Module, sites: SiteMap) -> Compiled:
     """Compile the ``forward`` of every region (module docstring), with dynamic shapes.
 
     Runs one small forward pass so that compiling happens (and fails, if it does)
     here rather than in the middle of a job.
 
     Returns:
-        The number of modules compiled.
+        The compiled regions and how long compiling took.
 
     Raises:
         RuntimeError: torch.compile could not compile the model here (no C++ compiler on
@@ -68,6 +84,4 @@ def compile_blocks(model: nn.Module, sites: SiteMap) -> int:
         first = next(iter(str(e).strip().splitlines()), "")
         raise RuntimeError(f"model.compile=true: torch.compile failed on {type(model).__name__} "
                            f"({type(e).__name__}: {first}); run with model.compile=false") from e
-    log.info("torch.compile: %d regions (%s) compiled in %.1fs", len(found),
-             ", ".join(sorted({n.split('.', 1)[1] for n, _ in found})), time.perf_counter() - t)
-    return len(found)
+    return Compiled(tuple(name for name, _ in found), time.perf_counter() - t)

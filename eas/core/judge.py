@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from eas.core.intervene import add
+from eas.core.sites import SiteMap
 from eas.core.tokens import pad_left
-from eas.models import SiteMap
 
 
 @torch.inference_mode()

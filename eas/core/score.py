@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from eas.core.capture import run_batch
+from eas.core.letters import LETTERS
 from eas.core.tokens import batches
-from eas.data.schema import LETTERS
 
 
 def letter_token_ids(tokenizer, n_letters: int) -> list[list[int]]:

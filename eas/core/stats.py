@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import special
 from scipy import stats as sps
+from statsmodels.stats import contingency_tables, multitest, proportion
 
 Alternative = Literal["two-sided", "greater", "less"]
 CorrectionMethod = Literal["holm", "bh", "none"]
@@ -32,6 +33,9 @@ _CORRECTIONS = ("holm", "bh", "none")
 _BOOTSTRAP_METHODS = ("percentile", "bca")
 # Cap on the floats materialised per bootstrap batch (about 32 MB of float64).
 _BATCH_ELEMENTS = 4_000_000
+# Paired differences closer than this many machine epsilons (relative to the inputs) are one
+# value: 0.4 - 0.3 and 0.5 - 0.4 differ only by the rounding of their inputs.
+_ROUNDING_EPS = 100
 
 
 # --------------------------------------------------------------------------- results
@@ -50,7 +54,7 @@ class TestResult:
         alternative: ``"two-sided"``, ``"greater"`` (a > b) or ``"less"`` (a < b).
         df: Degrees of freedom (``n - 1`` for the t-test; ``None`` for Wilcoxon).
         ci95: Two-sided 95% t-interval ``(low, high)`` of the mean difference (t-test
-            only; ``None`` for Wilcoxon).
+            only; ``None`` for Wilcoxon; NaN ends when the differences have zero variance).
     """
 
     __test__ = False  # not a pytest test class despite the name
@@ -97,7 +101,7 @@ class McNemarResult:
 
     Attributes:
         statistic: ``min(b, c)`` for the exact test; the continuity-corrected chi-square
-            ``(|b - c| - 1)**2 / (b + c)`` otherwise (as statsmodels computes it).
+            ``(|b - c| - 1)**2 / (b + c)`` otherwise (statsmodels' statistic).
         p_value: Two-sided p-value.
         b: Items right before and wrong after (right -> wrong).
         c: Items wrong before and right after (wrong -> right).
@@ -184,8 +188,19 @@ def _check_alternative(alternative: str) -> None:
 # --------------------------------------------------------------------------- paired tests
 
 
+def _zero_variance(x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether every difference ``x - y`` is one value up to the float rounding of the inputs.
+
+    Accuracies are ratios of small integers, so ``0.4 - 0.3`` and ``0.5 - 0.4`` are the same
+    difference; unrounded, their spread of ~1e-17 would give a t of ~1e15 and p ~1e-16.
+    """
+    d = x - y
+    scale = max(float(np.abs(x).max()), float(np.abs(y).max()))
+    return float(np.ptp(d)) <= _ROUNDING_EPS * np.finfo(np.float64).eps * scale
+
+
 def paired_ttest(a: ArrayLike, b: ArrayLike, alternative: Alternative = "two-sided") -> TestResult:
-    """Paired t-test of ``mean(a - b) == 0``.
+    """Paired t-test of ``mean(a - b) == 0`` (scipy.stats.ttest_rel).
 
     Args:
         a: Shape ``(n,)``; e.g. per-item score with steering.
@@ -194,9 +209,10 @@ def paired_ttest(a: ArrayLike, b: ArrayLike, alternative: Alternative = "two-sid
 
     Returns:
         ``TestResult`` with t, its p-value, ``df = n - 1``, the mean difference and its
-        two-sided 95% t-interval. If every difference is the same value (zero variance),
-        t is 0 with p = 1 when that value is 0, and +-inf with p = 0 (or 1 in the
-        direction the data contradict) otherwise, instead of scipy's NaN.
+        two-sided 95% t-interval. When every difference is the same value (zero variance,
+        up to the float rounding of the inputs; e.g. two seeds that both gain exactly 0.1)
+        the test is undefined: t, p and the interval are NaN. Never p = 0 from n values
+        that happen to agree (scipy gives t = inf, p = 0 for a constant nonzero difference).
 
     Raises:
         ValueError: Lengths differ, n < 2, or a value is not finite.
@@ -206,18 +222,12 @@ def paired_ttest(a: ArrayLike, b: ArrayLike, alternative: Alternative = "two-sid
     d = x - y
     n = d.size
     mean = float(d.mean())
-    sd = float(d.std(ddof=1))
-    df = n - 1
-    if sd == 0.0:
-        if mean == 0.0:
-            t, p = 0.0, 1.0
-        else:
-            t = float(np.copysign(np.inf, mean))
-            agrees = alternative == "two-sided" or (alternative == "greater") == (mean > 0)
-            p = 0.0 if agrees else 1.0
-        return TestResult("paired_t", t, p, n, mean, alternative, float(df), (mean, mean))
+    df = float(n - 1)
+    if _zero_variance(x, y):
+        nan = float("nan")
+        return TestResult("paired_t", nan, nan, n, mean, alternative, df, (nan, nan))
     res = sps.ttest_rel(x, y, alternative=alternative)
-    half = float(sps.t.ppf(0.975, df)) * sd / np.sqrt(n)
+    half = float(sps.t.ppf(0.975, df)) * float(d.std(ddof=1)) / np.sqrt(n)
     return TestResult(
         test="paired_t",
         statistic=float(res.statistic),
@@ -225,7 +235,7 @@ def paired_ttest(a: ArrayLike, b: ArrayLike, alternative: Alternative = "two-sid
         n=n,
         mean_diff=mean,
         alternative=alternative,
-        df=float(df),
+        df=df,
         ci95=(float(mean - half), float(mean + half)),
     )
 
@@ -286,19 +296,17 @@ def cohens_d_paired(a: ArrayLike, b: ArrayLike) -> float:
         b: Shape ``(n,)``, paired with ``a``.
 
     Returns:
-        d_z, unitless. 0.0 when every difference is 0; +-inf when the differences are a
-        nonzero constant.
+        d_z, unitless. NaN when the differences have zero variance (as ``paired_ttest``'s
+        t is then undefined).
 
     Raises:
         ValueError: Lengths differ, n < 2, or a value is not finite.
     """
     x, y = _as_paired(a, b)
+    if _zero_variance(x, y):
+        return float("nan")
     d = x - y
-    mean = float(d.mean())
-    sd = float(d.std(ddof=1))
-    if sd == 0.0:
-        return 0.0 if mean == 0.0 else float(np.copysign(np.inf, mean))
-    return mean / sd
+    return float(d.mean()) / float(d.std(ddof=1))
 
 
 def cohens_d_independent(a: ArrayLike, b: ArrayLike) -> float:
@@ -410,17 +418,34 @@ def accuracy_with_ci(correct: ArrayLike, ci: float = 0.95) -> Interval:
     hits = _as_bool(correct, "correct")
     if hits.size == 0:
         raise ValueError("correct needs at least 1 item; got n=0")
+    return wilson_interval(int(hits.sum()), hits.size, ci)
+
+
+def wilson_interval(n_correct: int, n: int, ci: float = 0.95) -> Interval:
+    """Wilson score interval of the accuracy ``n_correct / n``
+    (``statsmodels.stats.proportion.proportion_confint``, method ``"wilson"``).
+
+    Args:
+        n_correct: Items right, ``0 <= n_correct <= n``.
+        n: Items scored, ``n >= 1``.
+        ci: Confidence level in (0, 1).
+
+    Returns:
+        ``Interval`` with ``point = n_correct / n`` and bounds in [0, 1] (exactly 0 at
+        ``n_correct = 0`` and 1 at ``n_correct = n``).
+
+    Raises:
+        ValueError: ``n < 1``, ``n_correct`` outside ``[0, n]``, or ``ci`` outside (0, 1).
+    """
     _check_level(ci)
-    n = hits.size
-    p = float(hits.mean())
-    z = float(sps.norm.ppf(0.5 + ci / 2))
-    denom = 1.0 + z**2 / n
-    center = (p + z**2 / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    # at p = 0 (or 1) the Wilson bound is exactly 0 (or 1); keep rounding from leaving 1e-17
-    low = 0.0 if p == 0.0 else max(0.0, center - half)
-    high = 1.0 if p == 1.0 else min(1.0, center + half)
-    return Interval(float(low), float(high), p, ci)
+    if not (isinstance(n, (int, np.integer)) and n >= 1):
+        raise ValueError(f"n must be a whole number >= 1; got {n!r}")
+    if not (isinstance(n_correct, (int, np.integer)) and 0 <= n_correct <= n):
+        raise ValueError(f"n_correct must be a whole number in [0, n={n}]; got {n_correct!r}")
+    k, n = int(n_correct), int(n)
+    low, high = proportion.proportion_confint(k, n, alpha=1.0 - ci, method="wilson")
+    # the Wilson bound at k = 0 (k = n) is exactly 0 (1); keep rounding from leaving 1e-16
+    return Interval(0.0 if k == 0 else float(low), 1.0 if k == n else float(high), k / n, ci)
 
 
 def _accepts_axis(func: Callable) -> bool:
@@ -627,8 +652,16 @@ def _as_pvalues(pvalues: ArrayLike | Sequence[float]) -> np.ndarray:
     return p
 
 
+def _adjusted(pvalues: ArrayLike, method: str) -> np.ndarray:
+    """``statsmodels.stats.multitest.multipletests`` adjusted p-values, in the input order."""
+    p = _as_pvalues(pvalues)
+    if p.size == 0:
+        return p.copy()
+    return multitest.multipletests(p, method=method)[1]
+
+
 def holm(pvalues: ArrayLike) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (family-wise error), as statsmodels 'holm'.
+    """Holm-Bonferroni adjusted p-values (family-wise error; statsmodels ``"holm"``).
 
     Args:
         pvalues: Shape ``(m,)``, raw p-values in [0, 1].
@@ -639,19 +672,11 @@ def holm(pvalues: ArrayLike) -> np.ndarray:
     Raises:
         ValueError: Not 1-D, or a value outside [0, 1] (including NaN).
     """
-    p = _as_pvalues(pvalues)
-    m = p.size
-    if m == 0:
-        return p.copy()
-    order = np.argsort(p, kind="stable")
-    stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
-    out = np.empty(m)
-    out[order] = np.minimum(stepped, 1.0)
-    return out
+    return _adjusted(pvalues, "holm")
 
 
 def benjamini_hochberg(pvalues: ArrayLike) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (false discovery rate), as statsmodels 'fdr_bh'.
+    """Benjamini-Hochberg adjusted p-values (false discovery rate; statsmodels ``"fdr_bh"``).
 
     Args:
         pvalues: Shape ``(m,)``, raw p-values in [0, 1].
@@ -662,16 +687,7 @@ def benjamini_hochberg(pvalues: ArrayLike) -> np.ndarray:
     Raises:
         ValueError: Not 1-D, or a value outside [0, 1] (including NaN).
     """
-    p = _as_pvalues(pvalues)
-    m = p.size
-    if m == 0:
-        return p.copy()
-    order = np.argsort(p, kind="stable")
-    scaled = p[order] * m / np.arange(1, m + 1)
-    stepped = np.minimum.accumulate(scaled[::-1])[::-1]
-    out = np.empty(m)
-    out[order] = np.minimum(stepped, 1.0)
-    return out
+    return _adjusted(pvalues, "fdr_bh")
 
 
 def correct(pvalues: ArrayLike, method: CorrectionMethod = "holm") -> np.ndarray:
@@ -706,7 +722,7 @@ def mcnemar(
     """McNemar's test of whether an intervention changes item-level accuracy.
 
     Only discordant items count: ``b`` went right -> wrong, ``c`` went wrong -> right.
-    Matches ``statsmodels.stats.contingency_tables.mcnemar`` (with ``correction=True``).
+    The test is ``statsmodels.stats.contingency_tables.mcnemar`` (``correction=True``).
 
     Args:
         before_correct: Shape ``(n,)``, bool or 0/1: item right before the intervention.
@@ -732,15 +748,11 @@ def mcnemar(
     b = int(np.sum(before & ~after))
     c = int(np.sum(~before & after))
     use_exact = (b + c < 25) if exact is None else bool(exact)
-    if use_exact:
-        statistic = float(min(b, c))
-        p = min(1.0, 2.0 * float(sps.binom.cdf(statistic, b + c, 0.5)))
-    elif b + c == 0:
-        statistic, p = 0.0, 1.0
-    else:
-        statistic = (abs(b - c) - 1.0) ** 2 / (b + c)
-        p = float(sps.chi2.sf(statistic, 1))
-    return McNemarResult(statistic, p, b, c, use_exact)
+    if b + c == 0:  # no discordant item: no evidence (statsmodels' chi-square would divide by 0)
+        return McNemarResult(0.0, 1.0, b, c, use_exact)
+    table = [[int(np.sum(before & after)), b], [c, int(np.sum(~before & ~after))]]
+    res = contingency_tables.mcnemar(table, exact=use_exact, correction=True)
+    return McNemarResult(float(res.statistic), float(res.pvalue), b, c, use_exact)
 
 
 # --------------------------------------------------------------------------- permutation nulls

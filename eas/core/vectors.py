@@ -58,16 +58,3 @@ def random_direction(d_model: int, norm: float, seed: int) -> Tensor:
 def normalize(vector: Tensor) -> Tensor:
     n = vector.norm()
     return vector / n if n > 0 else vector
-
-
-def build_vector(method: str, positives: Tensor, negatives: Tensor, seed: int = 0) -> Tensor:
-    """Dispatch on the method's name (the contrast decides what the activations are)."""
-    if method in ("pasf", "ipas_all", "ipas_wrong_only", "mean_diff"):
-        return mean_difference(positives, negatives)
-    if method == "pca":
-        return pca_direction(positives, negatives)
-    if method == "probe":
-        return probe_direction(positives, negatives, seed=seed)
-    if method == "random":
-        return random_direction(positives.shape[-1], float(mean_difference(positives, negatives).norm()), seed)
-    raise ValueError(f"unknown method {method!r}")

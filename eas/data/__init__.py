@@ -1,7 +1,8 @@
-"""Benchmarks as one schema: ``load_benchmark`` reads any supported format, ``split_items`` splits it.
+"""Benchmarks as one schema: ``load_benchmark`` reads any benchmark format, ``split_items`` splits it.
 
-Loaders live in ``eas.data.loaders`` (one per upstream format, registered in
-``LOADERS``); the schema in ``eas.data.schema``.
+A format is a module named by ``benchmark.format`` (``eas.data.formats.<name>`` or a
+dotted import path; see ``eas.data.formats``); the readers formats share are in
+``eas.data.readers``, the schema in ``eas.data.schema``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from eas.data.loaders import LOADERS
+from eas import extensions
 from eas.data.schema import LETTERS, Benchmark, DataError, MCItem
 
 KINDS = ("mc", "ab")
@@ -24,7 +25,6 @@ log = logging.getLogger("eas")
 __all__ = [
     "KINDS",
     "LETTERS",
-    "LOADERS",
     "Benchmark",
     "DataError",
     "MCItem",
@@ -35,13 +35,15 @@ __all__ = [
 
 
 def load_benchmark(cfg: Any, seed: int = 0) -> Benchmark:
-    """Read the benchmark a ``BenchmarkConfig`` describes.
+    """Read the benchmark a ``BenchmarkConfig`` describes, through its format's ``load``.
+
+    The one place a job reads its data file.
 
     Args:
         cfg: an object with the ``BenchmarkConfig`` fields (the dataclass or an
-            OmegaConf node): ``name``, ``loader``, ``path``, ``hub_id``,
-            ``hub_config``, ``hub_split``, ``kind``, ``options``.
-        seed: passed to the loader; only used where the upstream option order
+            OmegaConf node): ``name``, ``format``, ``path``, ``hub_id``,
+            ``hub_config``, ``hub_split``, ``kind``, ``options``, ``duplicates``.
+        seed: passed to the format; only used where the upstream option order
             leaks the answer (TruthfulQA), to shuffle options per item.
 
     Returns:
@@ -49,15 +51,15 @@ def load_benchmark(cfg: Any, seed: int = 0) -> Benchmark:
         copies of a repeated item dropped (see ``drop_duplicates``).
 
     Raises:
-        DataError: unknown loader or kind, missing ``benchmark.path``, hub not
-            reachable (says to pass ``benchmark.path=...``), malformed file,
-            a repeated item with ``benchmark.duplicates=error``.
+        DataError: unknown format or kind, missing ``benchmark.path``, hub not
+            reachable (says to pass ``benchmark.path=...``), malformed file, no
+            items, two items with one id, a repeated item with
+            ``benchmark.duplicates=error``.
     """
-    loader = LOADERS.get(str(cfg.loader))
-    if loader is None:
-        raise DataError(
-            f"benchmark.loader={cfg.loader!r} is unknown; choose one of {', '.join(LOADERS)}"
-        )
+    try:
+        fmt = extensions.load("format", cfg.format, "benchmark.format", needs=("load",))
+    except extensions.ExtensionError as e:
+        raise DataError(str(e)) from None
     if cfg.kind not in KINDS:
         raise DataError(
             f"benchmark.kind={cfg.kind!r} is not allowed; choose one of {', '.join(KINDS)}"
@@ -69,7 +71,27 @@ def load_benchmark(cfg: Any, seed: int = 0) -> Benchmark:
             f"benchmark.duplicates={duplicates!r} is not allowed; choose one of "
             f"{', '.join(DUPLICATES)}"
         )
-    return drop_duplicates(loader(cfg, seed), error=duplicates == "error")
+    bench = fmt.load(cfg, seed)
+    if not isinstance(bench, Benchmark):
+        raise DataError(
+            f"benchmark.format={cfg.format!r}: {fmt.__name__}.load returned "
+            f"{type(bench).__name__}; a format's load must return an eas.data.Benchmark"
+        )
+    _check_items(bench)
+    return drop_duplicates(bench, error=duplicates == "error")
+
+
+def _check_items(bench: Benchmark) -> None:
+    """Every format's output has items, and no two share an id (ids key the store)."""
+    if not bench.items:
+        raise DataError(f"benchmark {bench.name!r}: no items read from {bench.source}")
+    seen: set[str] = set()
+    for it in bench.items:
+        if it.id in seen:
+            raise DataError(
+                f"benchmark {bench.name!r}: duplicate item id {it.id!r} in {bench.source}"
+            )
+        seen.add(it.id)
 
 
 def _item_key(it: MCItem) -> tuple:
@@ -88,9 +110,9 @@ def _item_key(it: MCItem) -> tuple:
 def drop_duplicates(bench: Benchmark, error: bool = False) -> Benchmark:
     """``bench`` without the later copies of an item (same context, question and options).
 
-    Loaders that number rows (ETHICS, TruthfulQA, MMLU, ...) give each copy of a
+    Formats that number rows (ETHICS, TruthfulQA, MMLU, ...) give each copy of a
     repeated row its own id, and the seeded split can then put one copy in train
-    and another in test. Every loader's output passes through here, before any
+    and another in test. Every format's output passes through here, before any
     split; the first copy in file order is kept, so the result is deterministic.
 
     Raises:

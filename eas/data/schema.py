@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+from eas.core.letters import LETTERS
 
 
 class DataError(ValueError):
@@ -57,7 +57,7 @@ class MCItem:
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A named list of items with the facts loaders know about them."""
+    """A named list of items with the facts its format knows about them."""
 
     name: str
     items: tuple[MCItem, ...]

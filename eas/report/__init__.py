@@ -9,7 +9,6 @@ in a field that changes results are never merged into each other.
 from eas.report.figures import (
     test_bars,
     val_heatmap,
-    wilson_interval,
     write_figures,
     write_run_figures,
 )
@@ -42,7 +41,6 @@ __all__ = [
     "to_markdown",
     "unsteered_accuracy",
     "val_heatmap",
-    "wilson_interval",
     "write_figures",
     "write_run_figures",
 ]

@@ -1,6 +1,7 @@
 """Reports over experiment=cmaes runs: the fitness curve of one run and the
 extraction-vs-optimisation gap table across runs (benchmarks, traits, methods, layers).
 
+    eas-report RUN_DIR [RUN_DIR ...]                          # cmaes_gap.md/.csv among the rest
     python -m eas.report.cmaes RUN_DIR [RUN_DIR ...] --out gap.md
 """
 
@@ -12,11 +13,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from eas import store
+from eas.report.figures import save_figure
+from eas.report.setups import SETUP, setup_columns, tag_setups
 from eas.report.tables import to_markdown
+
+GAP_FILE = "cmaes_gap"
+_GAP_INTRO = ("Accuracy of the extracted vector (best val cell) and of its CMA-ES refinement; gap = refined - "
+              "extracted. Val is what CMA-ES optimised; test is held out.")
 
 
 def fitness_curve(history: pd.DataFrame, path: str | Path | None = None, extracted: float | None = None,
@@ -41,11 +47,7 @@ def fitness_curve(history: pd.DataFrame, path: str | Path | None = None, extract
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        FigureCanvasAgg(fig)
-        fig.savefig(path, dpi=150, bbox_inches="tight")
-    return fig
+    return save_figure(fig, path)
 
 
 GAP_COLUMNS = ["benchmark", "model", "method", "layer", "fitness", "k", "popsize", "sigma0", "generations",
@@ -97,11 +99,48 @@ def write_gap_table(run_dirs: Sequence[str | Path], path: str | Path) -> pd.Data
     if not summaries:
         raise FileNotFoundError(f"no experiment=cmaes summary.json under {', '.join(map(str, run_dirs))}")
     df = gap_table(summaries)
-    text = ("# Extraction vs optimisation (CMA-ES)\n\nAccuracy of the extracted vector (best val cell) "
-            "and of its CMA-ES refinement; gap = refined - extracted. Val is what CMA-ES optimised; "
-            "test is held out.\n\n" + to_markdown(df) + "\n")
+    text = f"# Extraction vs optimisation (CMA-ES)\n\n{_GAP_INTRO}\n\n{to_markdown(df)}\n"
     store.write_text(Path(path), text)
     return df
+
+
+def write_cmaes_report(runs: Sequence[Path], out: Path, skipped: list[str] | None = None) -> str | None:
+    """``cmaes_gap.md``/``.csv`` in ``out``: the gap table of the cmaes run dirs ``runs``, one row
+    per run, with its ``setup`` (and the ``setup.<field>`` columns where runs differ).
+
+    Args:
+        runs: cmaes run dirs (each with a ``summary.json``).
+        out: The report folder.
+        skipped: Given a list, a run whose ``summary.json`` is unreadable or lacks a field is
+            left out and ``"<file>: <reason>"`` appended; ``None`` raises.
+
+    Returns:
+        The markdown written, or ``None`` (nothing written) when no run is usable.
+
+    Raises:
+        ValueError: A ``summary.json`` is unusable and ``skipped`` is ``None``.
+    """
+    frames = []
+    for run in runs:
+        file = Path(run) / "summary.json"
+        try:
+            frames.append(gap_table([store.read_json(file)]).assign(run_dir=str(run)))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            reason = f"{file}: cannot be reported ({type(err).__name__}: {err}); rerun that job or remove it"
+            if skipped is None:
+                raise ValueError(reason) from err
+            skipped.append(reason)
+    if not frames:
+        return None
+    df = tag_setups(pd.concat(frames, ignore_index=True))
+    df = df.sort_values(["benchmark", "model", "method", "layer", SETUP], ignore_index=True)
+    df = df[[*GAP_COLUMNS, SETUP, *setup_columns(df), "run_dir"]]
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / f"{GAP_FILE}.csv", index=False)
+    shown = df.drop(columns="run_dir") if df[SETUP].nunique() > 1 else df.drop(columns=["run_dir", SETUP])
+    text = f"# Extraction vs optimisation (CMA-ES)\n\n{len(df)} cmaes run(s). {_GAP_INTRO}\n\n{to_markdown(shown)}\n"
+    store.write_text(out / f"{GAP_FILE}.md", text)
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> None:

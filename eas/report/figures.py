@@ -20,10 +20,10 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from eas.core.stats import wilson_interval
 from eas.report.setups import with_setup
 from eas.report.tables import DEFAULT_BY, UNSTEERED, load_runs, select_best, unsteered_accuracy
 
-_Z95 = 1.959963984540054  # two-sided 95% normal quantile
 _DIVERGING = "RdBu"  # red below the unsteered baseline, blue above
 _BASE_COLOR = "#9e9e9e"
 _STEER_COLOR = "#2166ac"
@@ -32,45 +32,14 @@ _STEER_COLOR = "#2166ac"
 # --------------------------------------------------------------------------- helpers
 
 
-def wilson_interval(n_correct: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of an accuracy of ``n_correct / n``.
-
-    Uses ``eas.core.stats.accuracy_with_ci`` when it is importable, else the same formula
-    here (95% only).
-
-    Args:
-        n_correct: Items right, ``0 <= n_correct <= n``.
-        n: Items scored, ``n >= 1``.
-        level: Confidence level in (0, 1).
-
-    Returns:
-        ``(low, high)`` in [0, 1]; ``(nan, nan)`` when ``n < 1``.
-    """
-    if not n >= 1:
-        return math.nan, math.nan
-    k, n = int(n_correct), int(n)
-    try:
-        from eas.core.stats import accuracy_with_ci
-    except ImportError:
-        accuracy_with_ci = None
-    if accuracy_with_ci is not None:
-        interval = accuracy_with_ci(np.arange(n) < k, ci=level)
-        return interval.low, interval.high
-    if level != 0.95:
-        raise ValueError(f"without eas.core.stats only level=0.95 is available; got {level}")
-    p = k / n
-    denom = 1.0 + _Z95**2 / n
-    center = (p + _Z95**2 / (2 * n)) / denom
-    half = _Z95 * math.sqrt(p * (1 - p) / n + _Z95**2 / (4 * n**2)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
-
-
-def _save(fig: Figure, path: str | Path | None) -> Figure:
+def save_figure(fig: Figure, path: str | Path | None, dpi: int = 150) -> Figure:
+    """Write ``fig`` as a PNG at ``path`` (its folder created) with the Agg canvas; ``None``
+    writes nothing. Returns ``fig``."""
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         FigureCanvasAgg(fig)
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return fig
 
 
@@ -199,7 +168,7 @@ def val_heatmap(
     fig.suptitle(
         "Val accuracy by layer and strength (black box: cell selected on val)", fontsize=10
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- test bars
@@ -219,9 +188,11 @@ def _bar_table(table: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
 
 
 def _interval(acc: float, n: float) -> tuple[float, float]:
+    """Wilson 95% interval of an accuracy over ``n`` items; NaN when either is missing."""
     if not (np.isfinite(acc) and np.isfinite(n) and n >= 1):
         return math.nan, math.nan
-    return wilson_interval(round(acc * n), int(n))
+    interval = wilson_interval(round(acc * n), int(n))
+    return interval.low, interval.high
 
 
 def test_bars(
@@ -307,7 +278,7 @@ def test_bars(
     title_keys = [k for k in ("model", "benchmark") if k in rows and k not in label_keys]
     prefix = _label(rows.iloc[0], title_keys) + ": " if title_keys and len(rows) else ""
     ax.set_title(f"{prefix}test accuracy (95% Wilson CI)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 test_bars.__test__ = False  # a figure function, not a pytest test

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from eas.report.figures import save_figure
 from eas.report.seeds import (
     HEADLINE_COLUMNS,
     fmt_ci,
@@ -41,14 +41,6 @@ _COLORS = {"logreg": "#2166ac", "mean_diff": "#d6604d", "ccs": "#1b7837", "logre
 _NAMES = {"logreg": "logistic regression", "mean_diff": "mean difference", "ccs": "CCS (pairs)",
           "logreg_lexical": "logistic, lexical ablation", "max_prob": "model max letter prob.",
           "probe": "error probe P(right)"}
-
-
-def _save(fig: Figure, path: str | Path | None) -> Figure:
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        FigureCanvasAgg(fig)
-        fig.savefig(path, dpi=130, bbox_inches="tight")
-    return fig
 
 
 def auroc_by_layer(df: pd.DataFrame, best: tuple[str, int] | None = None, title: str = "",
@@ -85,7 +77,7 @@ def auroc_by_layer(df: pd.DataFrame, best: tuple[str, int] | None = None, title:
     axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=130)
 
 
 def roc_curves(labels: np.ndarray, scores: dict[str, np.ndarray], title: str = "",
@@ -106,7 +98,7 @@ def roc_curves(labels: np.ndarray, scores: dict[str, np.ndarray], title: str = "
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=130)
 
 
 def accuracy_coverage_figure(curves: dict[str, Any], threshold: float, title: str = "",
@@ -129,7 +121,7 @@ def accuracy_coverage_figure(curves: dict[str, Any], threshold: float, title: st
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=130)
 
 
 def write_probe_figures(out: str | Path, df: pd.DataFrame, summary: dict, labels: np.ndarray,

@@ -12,11 +12,11 @@ val-selected cell), so the unit of the test is the seed, not the item:
   (Holm by default: family-wise error; ``bh``: Benjamini-Hochberg false discovery rate).
 
 When the paired differences are one value in every seed (zero variance, e.g. two seeds that
-both gain exactly 0.1), the t statistic is undefined: its p-value, the difference's t-interval
-and Cohen's d_z are NaN (``zero_variance`` is true) and tables print "undefined (zero
-variance)", never p = 0 (nor the ~1e-16 that float rounding of the differences would give).
-Groups also split by ``setup`` (``eas.report.setups``): seeds of different setups are never
-paired into one test.
+both gain exactly 0.1), the t statistic is undefined: ``eas.core.stats`` gives NaN for its
+p-value, the difference's t-interval and Cohen's d_z (``zero_variance`` is true) and tables
+print "undefined (zero variance)", never p = 0 (nor the ~1e-16 that float rounding of the
+differences would give). Groups also split by ``setup`` (``eas.report.setups``): seeds of
+different setups are never paired into one test.
 
 Probe runs (``probe_results.parquet``) aggregate the same way per (pooling, layer, probe):
 AUROC mean +- sd and 95% CI across seeds, paired against the best random direction of each
@@ -36,13 +36,15 @@ import numpy as np
 import pandas as pd
 
 from eas.core import stats
-from eas.report.setups import SETUP
-from eas.report.tables import _TIE_DECIMALS, _find, select_best, to_markdown
+from eas.report.setups import SETUP, tag_setups, with_setup
+from eas.report.tables import BadResultsError, NoResultsError, _find, select_best, to_markdown
 
 SEED_BY: tuple[str, ...] = ("model", "benchmark", "method", "steer_target", SETUP)
 """Groups aggregated over seeds (one row each)."""
 
-PROBE_BY: tuple[str, ...] = ("model", "benchmark", "target", "steer_target", "pooling", "layer", "probe")
+PROBE_BY: tuple[str, ...] = ("model", "benchmark", "target", "steer_target", "pooling", "layer", "probe", SETUP)
+"""Probe groups aggregated over seeds (one row each)."""
+PROBE_FILE = "probe_results.parquet"
 HEADLINE_COLUMNS: tuple[str, ...] = ("experiment", "metric", "value", "95% CI", "p-value")
 CORRECTION_NAMES = {"holm": "Holm-Bonferroni (family-wise error)",
                     "bh": "Benjamini-Hochberg (false discovery rate)", "none": "none"}
@@ -73,16 +75,6 @@ def per_seed(results: pd.DataFrame, by: Sequence[str] = SEED_BY) -> pd.DataFrame
         .sort_values([*by, "seed"]).reset_index(drop=True)
 
 
-def _zero_variance(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether the paired differences ``a - b`` (two or more) are one value up to float rounding.
-
-    Accuracies are ratios of small integers, so ``0.4 - 0.3`` and ``0.5 - 0.4`` are the same
-    difference; unrounded, their spread of ~1e-17 gives a t of ~1e15 and p ~1e-16.
-    """
-    d = np.round(np.asarray(a, float) - np.asarray(b, float), _TIE_DECIMALS)
-    return d.size >= 2 and bool(np.all(d == d[0]))
-
-
 def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """Paired tests of ``a - b`` over seeds; NaN where fewer than 2 seeds, and for the t-test,
     its interval and d_z where the differences have zero variance (``zero_variance``)."""
@@ -90,13 +82,10 @@ def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     if len(a) < 2:
         return {"t": nan, "p_ttest": nan, "p_wilcoxon": nan, "cohens_dz": nan,
                 "delta_ci_low": nan, "delta_ci_high": nan, "zero_variance": False}
-    if _zero_variance(a, b):
-        return {"t": nan, "p_ttest": nan, "p_wilcoxon": stats.wilcoxon(a, b).p_value, "cohens_dz": nan,
-                "delta_ci_low": nan, "delta_ci_high": nan, "zero_variance": True}
     t = stats.paired_ttest(a, b)
     return {"t": t.statistic, "p_ttest": t.p_value, "p_wilcoxon": stats.wilcoxon(a, b).p_value,
             "cohens_dz": stats.cohens_d_paired(a, b), "delta_ci_low": t.ci95[0], "delta_ci_high": t.ci95[1],
-            "zero_variance": False}
+            "zero_variance": bool(np.isnan(t.p_value))}
 
 
 def _adjust(p: pd.Series, correction: str) -> pd.Series:
@@ -149,18 +138,49 @@ def seed_table(results: pd.DataFrame, by: Sequence[str] = SEED_BY, correction: s
 # --------------------------------------------------------------------------- probes
 
 
-def load_probe_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
-    """Concatenate every ``probe_results.parquet`` under ``paths`` (with a ``run_dir`` column).
+def _read_probe_results(file: Path) -> pd.DataFrame:
+    """One ``probe_results.parquet``.
 
     Raises:
-        NoResultsError: A path holds no ``probe_results.parquet``.
+        BadResultsError: It cannot be read or has no rows.
+    """
+    redo = "rerun that job or remove the file"
+    try:
+        frame = pd.read_parquet(file)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise BadResultsError(f"{file}: cannot be read ({type(err).__name__}: {err}); {redo}") from err
+    if frame.empty or "probe" not in frame:
+        raise BadResultsError(f"{file}: has no probe rows; {redo}")
+    return frame
+
+
+def load_probe_runs(paths: Iterable[str | Path], skipped: list[str] | None = None) -> pd.DataFrame:
+    """Concatenate every ``probe_results.parquet`` under ``paths``, each tagged with its setup.
+
+    Args:
+        paths: Run dirs or folders holding them (searched recursively).
+        skipped: As for ``tables.load_runs``: given a list, each file that cannot be read is
+            left out and its ``"<file>: <reason>"`` appended; ``None`` raises.
+
+    Returns:
+        The rows with ``run_dir``, ``setup`` and the differing ``setup.<field>`` columns
+        (``eas.report.setups.tag_setups``).
+
+    Raises:
+        NoResultsError: A path holds no ``probe_results.parquet``, or none is usable.
+        BadResultsError: A file is unusable and ``skipped`` is ``None``.
     """
     frames = []
-    for file in _find(paths, "probe_results.parquet"):
-        frame = pd.read_parquet(file)
-        frame["run_dir"] = str(file.parent)
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+    for file in _find(paths, PROBE_FILE):
+        try:
+            frames.append(_read_probe_results(file).assign(run_dir=str(file.parent)))
+        except BadResultsError as err:
+            if skipped is None:
+                raise
+            skipped.append(str(err))
+    if not frames:
+        raise NoResultsError(f"no usable {PROBE_FILE} among the runs given: " + "; ".join(skipped or []))
+    return tag_setups(pd.concat(frames, ignore_index=True))
 
 
 def probe_seed_table(probe_results: pd.DataFrame, by: Sequence[str] = PROBE_BY,
@@ -177,8 +197,9 @@ def probe_seed_table(probe_results: pd.DataFrame, by: Sequence[str] = PROBE_BY,
         ``n_seeds``, ``auroc_mean``, ``auroc_std``, ``auroc_ci_low``/``high``,
         ``random_best_mean``, ``p_ttest`` (paired t-test of AUROC - best random AUROC,
         one-sided: greater; NaN when those differences have zero variance), ``zero_variance``,
-        ``p_adjusted``, ``correction``.
+        ``p_adjusted``, ``correction``. Rows without a ``setup`` column are one setup.
     """
+    probe_results = with_setup(probe_results)
     df = probe_results[probe_results["probe"].isin(["logreg", "mean_diff"])]
     rnd = probe_results[probe_results["probe"] == "random"]
     keys = [c for c in by if c != "probe"]
@@ -190,9 +211,8 @@ def probe_seed_table(probe_results: pd.DataFrame, by: Sequence[str] = PROBE_BY,
         a, r = g["auroc"].to_numpy(float), g["random_best"].to_numpy(float)
         s = stats.summarize_seeds(a)
         ok = np.isfinite(r)
-        flat = _zero_variance(a[ok], r[ok])
-        p = stats.paired_ttest(a[ok], r[ok], alternative="greater").p_value if ok.sum() >= 2 and not flat \
-            else math.nan
+        p = stats.paired_ttest(a[ok], r[ok], alternative="greater").p_value if ok.sum() >= 2 else math.nan
+        flat = ok.sum() >= 2 and bool(np.isnan(p))
         rows.append({**dict(zip(by, k)), "n_seeds": len(g), "auroc_mean": s.mean, "auroc_std": s.std,
                      "auroc_ci_low": s.ci95_low, "auroc_ci_high": s.ci95_high,
                      "random_best_mean": float(np.nanmean(r)) if ok.any() else math.nan, "p_ttest": p,
@@ -267,11 +287,12 @@ def seed_headline(table: pd.DataFrame, by: Sequence[str] = SEED_BY) -> pd.DataFr
 def probe_headline(table: pd.DataFrame) -> pd.DataFrame:
     """``probe_seed_table`` rows as headline rows."""
     rows = []
+    several_setups = SETUP in table and table[SETUP].nunique() > 1
     for r in table.itertuples(index=False):
         d = r._asdict()
         rows.append({
             "experiment": f"probe {d['target']} on {d['benchmark']} ({d['model']}) {d['steer_target']}/"
-                          f"{d['pooling']} L{d['layer']}",
+                          f"{d['pooling']} L{d['layer']}" + (f" [setup {d[SETUP]}]" if several_setups else ""),
             "metric": f"{d['probe']} AUROC, mean ± sd ({d['n_seeds']} seeds); p: > best random direction",
             "value": _mean_sd(d["auroc_mean"], d["auroc_std"]), "95% CI": fmt_ci(d["auroc_ci_low"], d["auroc_ci_high"]),
             "p-value": _p_text(d),

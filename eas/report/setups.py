@@ -40,7 +40,7 @@ def setup_fields(config: Mapping) -> dict[str, object]:
 
     - model: ``source``, ``id``, ``revision``, ``architecture``, ``random_config`` (the
       weights), ``dtype``, ``quantization``;
-    - benchmark: ``loader``, ``path``, ``hub_id``, ``hub_config``, ``hub_split``, ``kind``,
+    - benchmark: ``format``, ``path``, ``hub_id``, ``hub_config``, ``hub_split``, ``kind``,
       ``options`` (the items);
     - prompt: ``format``, ``system``, ``instruction``;
     - split: ``n_train_proportion``, ``n_val_proportion``, ``n_test_proportion``,
@@ -64,7 +64,7 @@ def setup_fields(config: Mapping) -> dict[str, object]:
     paths = (
         "model.source", "model.id", "model.revision", "model.architecture", "model.random_config",
         "model.dtype", "model.quantization",
-        "benchmark.loader", "benchmark.path", "benchmark.hub_id", "benchmark.hub_config",
+        "benchmark.format", "benchmark.path", "benchmark.hub_id", "benchmark.hub_config",
         "benchmark.hub_split", "benchmark.kind", "benchmark.options",
         "prompt.format", "prompt.system", "prompt.instruction",
         "n_train_proportion", "n_val_proportion", "n_test_proportion", "max_sample_size",
@@ -126,6 +126,30 @@ def differing_fields(setups: Mapping[str, Mapping[str, object] | None]) -> list[
     known = [f for f in setups.values() if f is not None]
     names = dict.fromkeys(name for f in known for name in f)
     return [n for n in names if len({show(f.get(n)) for f in known}) > 1]
+
+
+def tag_setups(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` (with a ``run_dir`` column) tagged with each run's setup.
+
+    Every table of the report (steering results, probe results, CMA-ES gaps, one row per run of
+    any other kind) is tagged here, so all of them keep setups apart the same way.
+
+    Args:
+        rows: Rows of one or more runs; ``run_dir`` names the folder of each row's run.
+
+    Returns:
+        A copy with ``setup`` (``setup_id`` of the run's manifest config; ``UNKNOWN_SETUP``
+        without one) and one ``setup.<field>`` column (the value as text, ``None`` for an unknown
+        setup) per field of ``setup_fields`` whose value differs between the runs.
+    """
+    setups = {run: read_setup(run) for run in dict.fromkeys(rows["run_dir"])}
+    ids = {run: setup_id(fields) for run, fields in setups.items()}
+    out = rows.assign(**{SETUP: rows["run_dir"].map(ids)})
+    by_id = {ids[run]: fields for run, fields in setups.items()}
+    for name in differing_fields(by_id):
+        values = {sid: None if fields is None else show(fields.get(name)) for sid, fields in by_id.items()}
+        out[f"{SETUP}.{name}"] = out[SETUP].map(values)
+    return out
 
 
 def with_setup(results: pd.DataFrame) -> pd.DataFrame:

@@ -6,8 +6,9 @@ of such dirs (a single run, a grid job, or a Hydra multirun folder with one run 
 subfolder) and select across all of them, so a multirun of one-cell jobs
 (``eas -m layer=4,8 strength=1,4``) gives the same selection as one grid job.
 
-Selection is on val only: per group the steered cell with the highest val accuracy wins;
-ties go to the smaller ``|strength|``, then the lower layer. Its test accuracy is read
+Selection is on val only, by the rule of ``eas.core.select`` (the one the steer experiment
+uses): per group the steered cell with the highest val accuracy wins; ties go to the smaller
+``|strength|``, then the lower layer. Its test accuracy is read
 from whichever run scored that cell on test; a grid job scores test only for its own
 val-best cell, so a cell that no run scored on test is reported with a missing test
 accuracy and a note that says so.
@@ -27,15 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from eas.report.setups import (
-    SETUP,
-    differing_fields,
-    read_setup,
-    setup_columns,
-    setup_id,
-    show,
-    with_setup,
-)
+from eas.core.select import selection_key
+from eas.report.setups import SETUP, setup_columns, tag_setups, with_setup
 
 DEFAULT_BY: tuple[str, ...] = ("model", "benchmark", "method", "steer_target", "seed", SETUP)
 """Groups within which one cell is selected (``setup``: see ``eas.report.setups``)."""
@@ -55,8 +49,6 @@ RESULTS_COLUMNS: tuple[str, ...] = (
 # Fields that describe the steering, not the data: the unsteered baseline of a group is
 # matched on the remaining group keys (typically model, benchmark, seed).
 _STEERING_FIELDS = frozenset({"method", "steer_target", "position", "layer", "strength", "cell"})
-# Val accuracies closer than this count as a tie (they are ratios of small integers).
-_TIE_DECIMALS = 12
 
 
 class NoResultsError(FileNotFoundError):
@@ -157,26 +149,17 @@ def load_runs(paths: Iterable[str | Path], skipped: list[str] | None = None) -> 
             every file found is unusable (the message lists why).
         BadResultsError: A file is unusable and ``skipped`` is ``None``.
     """
-    frames, setups = [], {}
+    frames = []
     for file in _find(paths, RESULTS_FILE):
         try:
-            frame = _read_results(file)
+            frames.append(_read_results(file).assign(run_dir=str(file.parent)))
         except BadResultsError as err:
             if skipped is None:
                 raise
             skipped.append(str(err))
-            continue
-        fields = read_setup(file.parent)
-        sid = setup_id(fields)
-        setups[sid] = fields
-        frames.append(frame.assign(run_dir=str(file.parent), **{SETUP: sid}))
     if not frames:
         raise NoResultsError("no usable results.parquet among the runs given: " + "; ".join(skipped or []))
-    results = pd.concat(frames, ignore_index=True)
-    for name in differing_fields(setups):
-        values = {sid: None if fields is None else show(fields.get(name)) for sid, fields in setups.items()}
-        results[f"{SETUP}.{name}"] = results[SETUP].map(values)
-    return results
+    return tag_setups(pd.concat(frames, ignore_index=True))
 
 
 def _flatten_summary(summary: dict, run_dir: Path) -> dict:
@@ -297,11 +280,10 @@ def unsteered_accuracy(results: pd.DataFrame, split: str, keys: dict) -> float:
     return _accuracy(row)
 
 
-def _rank_val(val: pd.DataFrame) -> pd.DataFrame:
-    """Val rows best first: accuracy down, then |strength| up, then layer up."""
-    return val.assign(
-        _acc=val["accuracy"].round(_TIE_DECIMALS), _abs_strength=val["strength"].abs()
-    ).sort_values(["_acc", "_abs_strength", "layer"], ascending=[False, True, True], kind="stable")
+def _best_val(val: pd.DataFrame) -> pd.Series:
+    """The val row of the cell ``eas.core.select`` picks (the first of equal cells)."""
+    keys = [selection_key(a, layer, s) for a, layer, s in zip(val["accuracy"], val["layer"], val["strength"])]
+    return val.iloc[keys.index(min(keys))]
 
 
 def _missing_test_note(best: pd.Series) -> str:
@@ -322,13 +304,13 @@ def _count(row: pd.Series | None, field: str) -> int | float:
 
 def _select_group(
     keys: dict,
-    ranked: pd.DataFrame,
+    cells: pd.DataFrame,
     steered_test: pd.DataFrame,
     unsteered: pd.DataFrame,
     baseline_keys: list[str],
 ) -> dict:
-    """The selection row of one group; ``ranked`` holds its val rows best first."""
-    best = ranked.iloc[0]
+    """The selection row of one group; ``cells`` holds its val rows, one per cell."""
+    best = _best_val(cells)
     cell = {k: best[k] for k in CELL_KEYS}
     test = _prefer_run(_where(steered_test, {**keys, **cell}), [best.get("run_dir")])
     runs = [None if test is None else test.get("run_dir"), best.get("run_dir")]
@@ -341,7 +323,7 @@ def _select_group(
         **keys,
         **{k: best[k] for k in CELL_KEYS if k not in keys},
         "cell": best["cell"],
-        "n_cells": len(ranked),
+        "n_cells": len(cells),
         "val_accuracy": float(best["accuracy"]),
         "val_n": int(best["n"]),
         "unsteered_val_accuracy": _accuracy(base_val),
@@ -397,8 +379,8 @@ def select_best(results: pd.DataFrame, by: Sequence[str] = DEFAULT_BY) -> pd.Dat
     rows = []
     for key_values, group in val.groupby(by, sort=True, dropna=False):
         keys = dict(zip(by, key_values, strict=True))
-        ranked = _rank_val(group.drop_duplicates(subset=list(CELL_KEYS), keep="first"))
-        rows.append(_select_group(keys, ranked, test, unsteered, _baseline_keys(by)))
+        cells = group.drop_duplicates(subset=list(CELL_KEYS), keep="first")
+        rows.append(_select_group(keys, cells, test, unsteered, _baseline_keys(by)))
     return pd.DataFrame(rows)
 
 
@@ -551,10 +533,12 @@ def _format_cell(value: object, floatfmt: str) -> str:
 
 
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    """Render ``df`` as a GitHub-flavoured markdown table (no ``tabulate`` needed).
+    """Render ``df`` as a markdown (pipe) table with ``DataFrame.to_markdown``.
 
-    Numbers are right-aligned; floats use ``floatfmt``; missing values print as ``n/a``;
-    ``|`` inside text is escaped. The index is not printed.
+    Cells are formatted here and passed on as text, so a string that looks like a number
+    (``"1.0e-03"``) stays as written: floats use ``floatfmt``, missing values print as
+    ``n/a``, booleans as ``yes``/``no``, ``|`` inside text is escaped. Numeric columns are
+    right-aligned. The index is not printed.
 
     Args:
         df: Any DataFrame.
@@ -563,21 +547,9 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     Returns:
         The table, one line per row, ending without a newline.
     """
-    header = [str(c) for c in df.columns]
-    numeric = [
-        pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+    align = [
+        "right" if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) else "left"
         for c in df.columns
     ]
-    body = [[_format_cell(v, floatfmt) for v in row] for row in df.itertuples(index=False)]
-    widths = [max([len(h), 3, *(len(r[i]) for r in body)]) for i, h in enumerate(header)]
-
-    def line(cells: list[str]) -> str:
-        padded = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = (
-        "| "
-        + " | ".join(("-" * (w - 1) + ":") if num else "-" * w for w, num in zip(widths, numeric))
-        + " |"
-    )
-    return "\n".join([line(header), rule, *(line(r) for r in body)])
+    cells = df.astype(object).apply(lambda col: col.map(lambda v: _format_cell(v, floatfmt)))
+    return cells.to_markdown(index=False, tablefmt="pipe", colalign=align, disable_numparse=True)

@@ -20,7 +20,9 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         if config.hydra.launcher.get("detach", False):
-            print(f"eas: sweep submitted to SLURM: {sweep_dir}\n"
+            from eas.sweep.backend import load
+
+            print(f"eas: sweep submitted to {load(str(config.hydra.launcher.backend)).name}: {sweep_dir}\n"
                   f"  follow it:    eas-sweep status {sweep_dir}\n"
                   f"  resubmit missing and failed cells:  eas-sweep resume {sweep_dir}")
             return

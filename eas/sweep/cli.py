@@ -5,10 +5,13 @@
     eas-sweep resume DIR [--detach|--wait] [hydra.launcher.X=Y ...]
                                              resubmit only the missing and failed cells
     eas-sweep report DIR                     write sweep_status.{json,md} and the merged report
+    eas-sweep cancel DIR                     stop the sweep's queued and running jobs and release
+                                             what they hold (Vast.ai: destroy its instances)
 
 ``resume`` launches the recorded command again into the same sweep dir (same cwd,
 same EAS_STORE/EAS_OUTPUTS); the launcher leaves finished and live jobs alone, and
 the store makes the resubmitted jobs skip every cell that already finished.
+Every command asks the sweep's backend (``eas.sweep.backend``), the one its manifest names.
 Exit status: 0 when every cell is done, 1 otherwise, 2 for a usage error.
 """
 
@@ -23,8 +26,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from eas.sweep import records, slurm
-from eas.sweep.status import SweepStatus, backend_name, sweep_status
+from eas.sweep import backend as backends
+from eas.sweep import records
+from eas.sweep.status import LIVE, SweepStatus, sweep_status
 
 
 def _quote(value: str) -> str:
@@ -38,22 +42,22 @@ def _report_job_live(st: SweepStatus) -> bool:
     rid = (st.manifest or {}).get("report_job_id")
     if not rid:
         return False
-    states = slurm.job_states([rid]) or {}
-    return slurm.is_live(states.get(rid))
+    state = (st.backend.job_states(st.manifest or {}, [rid]) or {}).get(rid)
+    return state is not None and state.live
 
 
 def status(sweep_dir: Path, wait: bool, poll_s: float, as_json: bool) -> int:
     st = sweep_status(sweep_dir)
-    # only SLURM can tell that a "running" job died: without it, waiting could be forever
-    while wait and st.slurm_answered and (st.live or _report_job_live(st)):
+    # only the backend can tell that a "running" job died elsewhere: without it, waiting could be forever
+    while wait and st.backend_answered and (st.live or _report_job_live(st)):
         time.sleep(poll_s)
         st = sweep_status(sweep_dir)
     if as_json:
         print(json.dumps(st.as_dict(), indent=2))
     else:
         print(f"sweep {sweep_dir}: {st.counts()}")
-        if not st.slurm_answered and st.manifest is not None:
-            print(f"  ({backend_name(st.manifest)} did not answer: states are from the job records only)")
+        if not st.backend_answered and st.manifest is not None:
+            print(f"  ({st.backend.name} did not answer: states are from the job records only)")
         if st.cells:
             print(st.table())
         report = sweep_dir / "report" / "summary_table.md"
@@ -65,8 +69,8 @@ def status(sweep_dir: Path, wait: bool, poll_s: float, as_json: bool) -> int:
 def resume(sweep_dir: Path, detach: bool | None, overrides: list[str]) -> int:
     manifest = records.read_manifest(sweep_dir)
     if manifest is None:
-        print(f"eas-sweep: error: {sweep_dir} has no {records.MANIFEST}; only sweeps launched with "
-              f"hydra/launcher=slurm or hydra/launcher=vast can be resumed", file=sys.stderr)
+        print(f"eas-sweep: error: {sweep_dir} has no {records.MANIFEST}; only sweeps launched with eas's "
+              f"launcher (hydra/launcher={'|'.join(backends.builtin())}) can be resumed", file=sys.stderr)
         return 2
     bad = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
     if bad:
@@ -82,6 +86,25 @@ def resume(sweep_dir: Path, detach: bool | None, overrides: list[str]) -> int:
             f"hydra.sweep.dir={_quote(str(sweep_dir.resolve()))}", *overrides]
     print("eas-sweep: " + " ".join(argv[1:]), flush=True)
     return subprocess.run(argv, check=False, cwd=cmd["cwd"], env={**os.environ, **cmd.get("env", {})}).returncode
+
+
+def cancel(sweep_dir: Path) -> int:
+    st = sweep_status(sweep_dir)
+    if st.manifest is None:
+        print(f"eas-sweep: error: {sweep_dir} has no {records.MANIFEST}; only sweeps launched with eas's "
+              f"launcher can be cancelled (a local multirun ends with its process)", file=sys.stderr)
+        return 2
+    ids = [j.job_id for j in st.jobs if j.job_id and j.state in LIVE]
+    rid = st.manifest.get("report_job_id")
+    try:
+        done = st.backend.cancel(st.manifest, ids + ([rid] if rid and _report_job_live(st) else []))
+    except backends.BackendError as e:
+        print(f"eas-sweep: error: {e}", file=sys.stderr)
+        return 1
+    for line in done:
+        print(f"eas-sweep: {line}")
+    print(f"sweep {sweep_dir}: {len(ids)} queued or running job(s) cancelled; resubmit them: eas-sweep resume {sweep_dir}")
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,6 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", metavar="hydra.X=Y", help="hydra.* overrides for the resubmission")
     rep = sub.add_parser("report", help="write sweep_status.{json,md} and the merged report")
     rep.add_argument("dir", type=Path, metavar="DIR")
+    c = sub.add_parser("cancel", help="stop the queued and running jobs, release what they hold")
+    c.add_argument("dir", type=Path, metavar="DIR")
     return p
 
 
@@ -114,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status(args.dir, args.wait, args.poll, args.json)
     if args.command == "resume":
         return resume(args.dir, args.detach, args.overrides)
+    if args.command == "cancel":
+        return cancel(args.dir)
     from eas.sweep.report import finalize
 
     st = finalize(args.dir)

@@ -1,7 +1,7 @@
 """The end of a sweep: record every cell's state and merge the finished runs into one report.
 
 ``finalize(DIR)`` writes ``DIR/sweep_status.json`` and ``DIR/sweep_status.md`` (every
-cell: state, SLURM job, error) and, through ``eas-report``, ``DIR/report/`` (merged
+cell: state, the backend's job id, error) and, through ``eas-report``, ``DIR/report/`` (merged
 results table, summary table, figures) from the latest run of every finished job.
 It runs at the end of a multirun (``SweepCallback``), in the dependent job a
 detached sweep submits, and as ``eas-sweep report DIR``.
@@ -29,7 +29,7 @@ def _markdown(st: SweepStatus, report: Path | None) -> str:
     lines += ["| state | job | cell | error |", "|---|---|---|---|"]
     for c in st.cells:
         err = (c.error or "").strip().splitlines()
-        lines.append(f"| {c.state} | {c.slurm_job_id or c.num or ''} | {' '.join(c.cell)} | "
+        lines.append(f"| {c.state} | {c.job_id or c.num or ''} | {' '.join(c.cell)} | "
                      f"{(err[-1] if err else '').replace('|', '/')} |")
     failed = [j for j in st.jobs if j.state in RESUMABLE and j.error]
     if failed:

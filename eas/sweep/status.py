@@ -1,14 +1,17 @@
-"""The state of every cell of a sweep, from its records and (where it answers) SLURM.
+"""The state of every cell of a sweep, from its records and (where it answers) its backend.
 
 A cell is ``done``, ``failed`` (with the error), ``died`` (its record says running,
 but the process is gone from this host: SIGKILL, out of memory), ``interrupted``
 (SIGTERM, Ctrl-C), ``running``, ``pending`` (queued or requeued), ``missing`` (never
-started: not submitted, cancelled before it started, forgotten by SLURM before it
+started: not submitted, cancelled before it started, forgotten by the backend before it
 ran, or a job of a local multirun with no ``status.json``) or ``unknown`` (submitted,
-SLURM does not answer). A job's ``status.json`` counts only if it belongs to the
-job's latest submission; a record that still says ``running`` while SLURM says the
-job ended (scancel, timeout, out of memory, node failure) is ``failed`` with SLURM's
-state and the job's log.
+the backend does not answer). A job's ``status.json`` counts only if it belongs to the
+job's latest submission; a record that still says ``running`` while the backend says
+the job ended (scancel, timeout, out of memory, node failure, a lost instance) is
+``failed`` with the backend's word for it and the job's log.
+
+The backend is the one the sweep's manifest names (``eas.sweep.backend``); this module
+never asks for one by name.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from eas.sweep import records, slurm
+from eas.sweep import backend as backends
+from eas.sweep import records
+from eas.sweep.backend import Backend, JobPhase
 
 STATES = ("done", "failed", "died", "interrupted", "running", "pending", "missing", "unknown")
 LIVE = ("running", "pending", "unknown")  # resume leaves these alone
@@ -35,8 +40,8 @@ class JobState:
     overrides: list[str]
     cells: list[list[str]]
     state: str
-    slurm_job_id: str | None = None
-    slurm_state: str | None = None
+    job_id: str | None = None  # the backend's id of the latest submission
+    backend_state: str | None = None  # the backend's word for its state (SLURM's TIMEOUT, ...)
     job_dir: str | None = None
     error: str | None = None
     failed_cells: list[str] = field(default_factory=list)
@@ -51,7 +56,7 @@ class CellState:
     cell: list[str]
     state: str
     num: int | None
-    slurm_job_id: str | None
+    job_id: str | None
     job_dir: str | None
     error: str | None = None
 
@@ -61,8 +66,9 @@ class SweepStatus:
     sweep_dir: Path
     jobs: list[JobState]
     cells: list[CellState]
-    slurm_answered: bool
+    backend_answered: bool
     manifest: dict | None = None
+    backend: Backend = field(default_factory=lambda: backends.load("local"))
 
     def count(self, state: str) -> int:
         return sum(c.state == state for c in self.cells)
@@ -85,20 +91,20 @@ class SweepStatus:
         return f"{len(self.cells)} cells: " + ", ".join(parts)
 
     def table(self, width: int = 160) -> str:
-        """One line per cell: state, SLURM job, cell overrides, first line of the error."""
+        """One line per cell: state, the backend's job id, cell overrides, last line of the error."""
         rows = [("state", "job", "cell", "error")]
         # overrides every cell shares say nothing about which cell this is
         common = set.intersection(*(set(c.cell) for c in self.cells)) if len(self.cells) > 1 else set()
         for c in self.cells:
             err = (c.error or "").strip().splitlines()
-            rows.append((c.state, c.slurm_job_id or ("" if c.num is None else f"#{c.num}"),
+            rows.append((c.state, c.job_id or ("" if c.num is None else f"#{c.num}"),
                          " ".join(o for o in c.cell if o not in common) or "(no overrides)", err[-1] if err else ""))
         w = [max(len(r[i]) for r in rows) for i in range(3)]
         return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}"[:width].rstrip() for r in rows)
 
     def as_dict(self) -> dict:
         return {"sweep_dir": str(self.sweep_dir), "counts": {s: self.count(s) for s in STATES},
-                "slurm_answered": self.slurm_answered, "cells": [asdict(c) for c in self.cells],
+                "backend": self.backend.name, "backend_answered": self.backend_answered, "cells": [asdict(c) for c in self.cells],
                 "jobs": [asdict(j) for j in self.jobs]}
 
 
@@ -107,23 +113,18 @@ def _same_job(recorded: str | None, submitted: str) -> bool:
     return recorded is None or recorded == submitted or recorded == f"{submitted}_0"
 
 
-def backend_name(manifest: dict | None) -> str:
-    """Who ran the sweep's jobs, as errors name it (the Vast executor records SLURM's states)."""
-    return "Vast.ai" if (manifest or {}).get("launcher") == "vast" else "SLURM"
+def _ended(backend: Backend, job_id: str, state: JobPhase) -> str:
+    return (f"{backend.name} job {job_id} "
+            + ("is no longer queued or running" if state.phase == "gone" else f"ended {state.word}"))
 
 
-def _ended(sid: str, state: str, manifest: dict | None) -> str:
-    return (f"{backend_name(manifest)} job {sid} "
-            + ("is no longer queued or running" if state == "UNKNOWN" else f"ended {state}"))
+def _log_hint(backend: Backend, manifest: dict | None, job_id: str | None) -> str:
+    path = backend.log_path(manifest or {}, job_id) if job_id else None
+    return f"; log: {path}" if path else ""
 
 
-def _log_hint(manifest: dict | None, slurm_job_id: str | None) -> str:
-    folder = (manifest or {}).get("submitit_folder")
-    if not folder or not slurm_job_id:
-        return ""
-    # SLURM splits stdout and stderr; the Vast runner writes both to the job's stdout
-    ext = "out" if (manifest or {}).get("launcher") == "vast" else "err"
-    return f"; log: {folder.replace('%j', slurm_job_id)}/{slurm_job_id}_0_log.{ext}"
+def _died(rec: dict) -> str:
+    return f"process {rec['pid']} on {rec['host']} ended without recording why (SIGKILL, out of memory, power loss)"
 
 
 def process_gone(rec: dict) -> bool:
@@ -143,54 +144,59 @@ def process_gone(rec: dict) -> bool:
     return stat is not None and (stat[0] in "ZX" or rec.get("pid_start") not in (None, stat[1]))
 
 
-def resolve_job(job: dict, rec: dict | None, slurm_state: str | None, manifest: dict | None = None) -> JobState:
-    """The state of one job from its manifest entry, its status record and its SLURM state.
+def resolve_job(job: dict, rec: dict | None, state: JobPhase | None, manifest: dict | None = None,
+                backend: Backend | None = None) -> JobState:
+    """The state of one job from its manifest entry, its status record and its backend's state.
 
     Args:
-        job: ``{"num", "overrides", "cells", "slurm_job_id"}`` (``slurm_job_id``: the latest submission).
+        job: ``{"num", "overrides", "cells", "job_id"}`` (``job_id``: the latest submission).
         rec: The job's ``status.json``, or None.
-        slurm_state: SLURM's state of the latest submission; None when SLURM did not answer.
+        state: The backend's state of the latest submission; None when the backend did not answer.
+        manifest: The sweep's manifest (for log paths in errors).
+        backend: The backend that ran the job (default: the manifest's).
     """
-    sid = job.get("slurm_job_id")
+    backend = backend or backends.of_manifest(manifest or {})
+    sid = job.get("job_id", job.get("slurm_job_id"))  # slurm_job_id: manifests of eas before backends
     st = JobState(job.get("num"), list(job.get("overrides") or []), [list(c) for c in job.get("cells") or []],
-                  "missing", sid, slurm_state)
+                  "missing", sid, state.word if state is not None else None)
     current = rec is not None and (sid is None or _same_job(rec.get("slurm_job_id"), sid))
     if current:
         st.job_dir = rec.get("job_dir")
-        state = rec.get("state")
-        if state in ("done", "failed"):
-            st.state, st.error = state, rec.get("error")
+        recorded = rec.get("state")
+        if recorded in ("done", "failed"):
+            st.state, st.error = recorded, rec.get("error")
             st.failed_cells = list(rec.get("failed_cells") or [])
-        elif slurm.is_live(slurm_state):
-            st.state = "pending" if slurm_state in slurm.QUEUED else "running"
-        elif slurm_state is None or not sid:
-            # no scheduler to ask: the record, and whether its process is still there
-            if state == "running" and process_gone(rec):
-                st.state = "died"
-                st.error = (f"process {rec['pid']} on {rec['host']} ended without recording why "
-                            f"(SIGKILL, out of memory, power loss)")
-            elif state in ("running", "interrupted"):
-                st.state, st.error = state, rec.get("error")
+        elif state is not None and state.live:
+            st.state = state.phase
+        elif state is None or not sid:
+            # no backend to ask: the record, and whether its process is still there
+            if recorded == "running" and process_gone(rec):
+                st.state, st.error = "died", _died(rec)
+            elif recorded in ("running", "interrupted"):
+                st.state, st.error = recorded, rec.get("error")
             else:
                 st.state, st.error = "failed", rec.get("error")
+        elif state.phase == "gone" and recorded == "running" and process_gone(rec):
+            st.state, st.error = "died", _died(rec)  # the backend forgot it; this host saw it die
         else:
             st.state = "failed"
-            st.error = (f"{_ended(sid, slurm_state, manifest)} while running"
-                        + (f" ({rec['error']})" if rec.get("error") else "") + _log_hint(manifest, sid))
+            st.error = (f"{_ended(backend, sid, state)} while running"
+                        + (f" ({rec['error']})" if rec.get("error") else "") + _log_hint(backend, manifest, sid))
     elif sid:
-        if slurm.is_live(slurm_state):
-            st.state = "pending" if slurm_state in slurm.QUEUED else "running"
-        elif slurm_state is None:
+        if state is not None and state.live:
+            st.state = state.phase
+        elif state is None:
             st.state = "unknown"
-            st.error = "SLURM does not answer (squeue/sacct)"
-        elif slurm_state == "UNKNOWN":
+            st.error = f"{backend.name} does not answer"
+        elif state.phase == "gone":
             st.state = "missing"
-        elif slurm_state == "CANCELLED":
+        elif state.phase == "cancelled":
             st.state = "missing"
-            st.error = f"{backend_name(manifest)} job {sid} was cancelled before the cell started"
+            st.error = f"{backend.name} job {sid} was cancelled before the cell started"
         else:
             st.state = "failed"
-            st.error = f"{_ended(sid, slurm_state, manifest)} before the job recorded a status" + _log_hint(manifest, sid)
+            st.error = (f"{_ended(backend, sid, state)} before the job recorded a status"
+                        + _log_hint(backend, manifest, sid))
     if st.cells == [] and st.overrides is not None:
         st.cells = [st.overrides]
     return st
@@ -217,7 +223,7 @@ def _cell_states(job: JobState) -> list[CellState]:
         state = job.state
         if partial and not _cell_failed(cell, job.failed_cells):
             state = "done"
-        out.append(CellState(cell, state, job.num, job.slurm_job_id, job.job_dir,
+        out.append(CellState(cell, state, job.num, job.job_id, job.job_dir,
                              job.error if state != "done" else None))
     return out
 
@@ -252,40 +258,39 @@ def planned_jobs(sweep_dir: Path) -> list[dict]:
         batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
     except Exception:  # noqa: BLE001 - a sweep we cannot expand is listed from its records
         return []
-    return [{"num": i, "overrides": list(o), "slurm_job_id": None} for i, o in enumerate(batches[0])]
+    return [{"num": i, "overrides": list(o), "job_id": None} for i, o in enumerate(batches[0])]
 
 
-def sweep_status(sweep_dir: str | Path, ask_slurm: bool = True) -> SweepStatus:
+def sweep_status(sweep_dir: str | Path, ask_backend: bool = True) -> SweepStatus:
     """Resolve every job and cell of a sweep dir.
 
-    With a manifest (``hydra/launcher=slurm|vast``) every cell of the sweep is listed,
-    run or not; without one, every job of the multirun (``multirun.yaml``): a job that
-    never wrote a ``status.json`` is ``missing``.
+    With a manifest (eas's launcher) every cell of the sweep is listed, run or not, and
+    the manifest's backend is asked for its jobs' states; without one, every job of the
+    multirun (``multirun.yaml``): a job that never wrote a ``status.json`` is ``missing``.
     """
     sweep_dir = Path(sweep_dir)
     manifest = records.read_manifest(sweep_dir)
     recs = latest_records(sweep_dir)
     if manifest is not None:
-        jobs = manifest.get("jobs", [])
+        jobs = [{**j, "job_id": j.get("job_id", j.get("slurm_job_id"))} for j in manifest.get("jobs", [])]
+        backend = backends.of_manifest(manifest)
     else:
         # a job's SLURM id (hydra/launcher=submitit_slurm) is known from its record only
-        jobs = [{**j, "slurm_job_id": recs.get(j["num"], {}).get("slurm_job_id"), "_key": j["num"]}
+        jobs = [{**j, "job_id": recs.get(j["num"], {}).get("slurm_job_id"), "_key": j["num"]}
                 for j in planned_jobs(sweep_dir)]
         planned = {j["num"] for j in jobs}
-        jobs += [{"num": r.get("num"), "overrides": r.get("overrides", []), "slurm_job_id": r.get("slurm_job_id"),
+        jobs += [{"num": r.get("num"), "overrides": r.get("overrides", []), "job_id": r.get("slurm_job_id"),
                   "_key": k} for k, r in recs.items() if k not in planned]
-    ids = [j.get("slurm_job_id") for j in jobs if j.get("slurm_job_id")]
-    if (manifest or {}).get("launcher") == "vast":  # the Vast executor's job records, in SLURM's words
-        from eas.vast.records import job_states as vast_job_states
-
-        states = vast_job_states(manifest["submitit_folder"], ids) if ask_slurm and ids else None
-    else:
-        states = slurm.job_states(ids) if ask_slurm and ids and slurm.available() else None
+        # without a manifest, the records say who ran the jobs: SLURM writes its job ids into them
+        backend = backends.load("slurm" if any(j["job_id"] for j in jobs) else "local")
+    ids = [j["job_id"] for j in jobs if j.get("job_id")]
+    states = backend.job_states(manifest or {}, ids) if ask_backend and ids else None
     resolved = []
     for j in jobs:
         rec = recs.get(j["_key"] if "_key" in j else j.get("num"))
-        sid = j.get("slurm_job_id")
-        resolved.append(resolve_job(j, rec, states.get(sid) if states is not None and sid else None, manifest))
+        sid = j.get("job_id")
+        resolved.append(resolve_job(j, rec, states.get(sid) if states is not None and sid else None, manifest,
+                                    backend))
     resolved.sort(key=lambda j: (j.num is None, j.num if j.num is not None else 0))
     cells = [c for j in resolved for c in _cell_states(j)]
-    return SweepStatus(sweep_dir, resolved, cells, states is not None, manifest)
+    return SweepStatus(sweep_dir, resolved, cells, states is not None, manifest, backend)

@@ -1,15 +1,26 @@
 """The Vast.ai API through the official ``vastai`` SDK: key, offer search, instances.
 
-The SDK reads ``VAST_URL`` for the server (tests point it at a local stand-in).
+The SDK reads ``VAST_URL`` for the server (tests point it at a local stand-in). It is
+imported only when a client is made (a Vast launch, ``eas-vast destroy``): nothing else
+of eas needs it. A call that fails the way a busy or flaky API fails (no connection, a
+timeout, 429, 502-504) is tried again, ``API_ATTEMPTS`` times in all, except renting:
+a retried ``create_instance`` whose first try reached the server would rent twice.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tenacity import (Retrying, retry_if_exception, retry_if_result, stop_after_attempt, stop_after_delay,
+                      wait_exponential, wait_fixed)
+
+log = logging.getLogger("eas")
+API_ATTEMPTS = 4  # waits 1, 2, 4 s between them
+TRANSIENT_HTTP = frozenset({429, 502, 503, 504})
 
 # instance states that will never become "running" without us (poll stops at once)
 DEAD = frozenset({"exited", "offline", "stopped", "unknown", "destroyed"})
@@ -63,17 +74,30 @@ def client(server_url: str | None = None):
     try:
         from vastai import VastAI
     except ImportError as e:
-        raise VastError("hydra/launcher=vast needs the vastai SDK: pip install 'eas[vast]' "
-                        "(see launchers/vast/README.md)") from e
+        raise VastError("hydra/launcher=vast needs the vastai SDK, which eas does not install by default: "
+                        "run `make vast` (see launchers/vast/README.md)") from e
+    # retry=1: the SDK would also retry create_instance; _call retries what is safe to
     return VastAI(api_key=api_key(), server_url=server_url or os.environ.get("VAST_URL") or None,
                   raw=True, quiet=True, retry=1)
 
 
-def _call(what: str, fn, *args, **kwargs):
+def _transient(e: BaseException) -> bool:
     import requests
 
+    if isinstance(e, requests.HTTPError):
+        return e.response is not None and e.response.status_code in TRANSIENT_HTTP
+    return isinstance(e, (requests.ConnectionError, requests.Timeout))
+
+
+def _call(what: str, fn, *args, idempotent: bool = True, **kwargs):
+    import requests
+
+    retrying = Retrying(stop=stop_after_attempt(API_ATTEMPTS if idempotent else 1),
+                        wait=wait_exponential(multiplier=1, max=4), retry=retry_if_exception(_transient),
+                        reraise=True,
+                        before_sleep=lambda st: log.info("Vast.ai %s: %s; trying again", what, st.outcome.exception()))
     try:
-        return fn(*args, **kwargs)
+        return retrying(fn, *args, **kwargs)
     except requests.HTTPError as e:
         code = e.response.status_code if e.response is not None else None
         if code in (401, 403):
@@ -102,7 +126,7 @@ def create(vast, offer: dict, spec: OfferSpec, image: str, label: str, onstart: 
     kw = {"image": image, "disk": spec.disk_gb, "label": label, "ssh": True, "direct": True, "onstart_cmd": onstart}
     if spec.spot:
         kw["price"] = float(spec.max_dph)
-    out = _call("create_instance", vast.create_instance, int(offer["id"]), **kw)
+    out = _call("create_instance", vast.create_instance, int(offer["id"]), idempotent=False, **kw)
     if not (isinstance(out, dict) and out.get("success") and out.get("new_contract")):
         raise VastError(f"Vast.ai did not create an instance from offer {offer['id']}: {out}")
     return int(out["new_contract"])
@@ -115,21 +139,27 @@ def show(vast, instance_id: int) -> dict | None:
 def wait_running(vast, instance_id: int, timeout_s: float, poll_s: float, stop=lambda: False) -> dict:
     """Poll until the instance runs and has an SSH address; raise on a dead state, a timeout,
     or ``stop()`` (the launcher is going away)."""
-    t0, row = time.monotonic(), None
-    while True:
+    seen = {"n": 0, "state": None}
+
+    def look() -> dict | None:
         if stop():
             raise VastError(f"stopped while instance {instance_id} was starting")
         row = show(vast, instance_id) or {}
-        state = row.get("actual_status")
+        state = seen["state"] = row.get("actual_status")
+        seen["n"] += 1
         if state == "running" and row.get("ssh_host") and row.get("ssh_port"):
             return row
-        if state in DEAD and time.monotonic() - t0 > poll_s:  # "exited" can be a brief boot state
+        if state in DEAD and seen["n"] > 1:  # "exited" can be a brief boot state: believed on the second look
             raise VastError(f"instance {instance_id} is {state} and will not run "
                             f"({row.get('status_msg') or 'no message'})")
-        if time.monotonic() - t0 > timeout_s:
-            raise VastError(f"instance {instance_id} did not reach running in {timeout_s:.0f} s "
-                            f"(last state: {state}); raise hydra.launcher.start_timeout_s")
-        time.sleep(poll_s)
+        return None
+
+    def timed_out(_state) -> dict:
+        raise VastError(f"instance {instance_id} did not reach running in {timeout_s:.0f} s "
+                        f"(last state: {seen['state']}); raise hydra.launcher.start_timeout_s")
+
+    return Retrying(stop=stop_after_delay(timeout_s), wait=wait_fixed(poll_s), retry=retry_if_result(lambda r: r is None),
+                    retry_error_callback=timed_out)(look)
 
 
 def destroy(vast, instance_id: int) -> None:

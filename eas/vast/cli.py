@@ -1,11 +1,14 @@
-"""``eas-vast``: the Vast.ai instances of a sweep, from its records.
+"""``eas-vast``: the Vast.ai instances a launch created, from their records.
 
-    eas-vast list DIR       every instance the sweep created and whether it was destroyed
-    eas-vast destroy DIR    destroy every instance the sweep created and did not destroy;
-                            jobs left running or queued become lost (resumable)
+    eas-vast list DIR       every instance created and whether it was destroyed
+    eas-vast destroy DIR    destroy every instance created and not destroyed; jobs left
+                            running or queued become lost (resumable)
 
-Use ``destroy`` after a launcher was killed (``kill -9``, a lost laptop): Vast bills a
-running instance by the second and a stopped one for its disk.
+DIR is a sweep dir (its records are in ``DIR/.submitit``) or the executor's folder
+itself. Use ``destroy`` after a launcher was killed (``kill -9``, a lost laptop): Vast
+bills a running instance by the second and a stopped one for its disk. ``eas-sweep
+cancel DIR`` does the same for a sweep whose ``hydra.launcher.submitit_folder`` is
+elsewhere (it reads the sweep's manifest).
 """
 
 from __future__ import annotations
@@ -16,18 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eas.vast import api, records
+from eas.vast.executor import destroy_recorded
 
 
-def _root(sweep_dir: Path) -> Path:
-    from eas.sweep.records import read_manifest
-
-    folder = (read_manifest(sweep_dir) or {}).get("submitit_folder")
-    return Path(folder.replace("%j", "x")).parent if folder else sweep_dir / ".submitit"
-
-
-def _lose_unfinished(root: Path) -> int:
-    return sum(records.mark_lost(f.parent, "instance destroyed by eas-vast destroy")
-               for f in root.glob(f"*/{records.JOB_STATE}"))
+def _root(d: Path) -> Path:
+    return d if (d / records.INSTANCES).is_file() else d / ".submitit"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,31 +35,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         s.add_argument("--server-url", default=None, help="the API server (default: the SDK's, or VAST_URL)")
     args = p.parse_args(argv)
     root = _root(args.dir)
-    insts = records.instances(root)
     if args.command == "list":
-        for iid, r in insts.items():
+        for iid, r in records.instances(root).items():
             print(f"{iid}\t{r['last']}\t{r.get('gpu_name', '?')}\t${r.get('dph_total', '?')}/h\t{r.get('label', '')}")
         return 0
-    live = [i for i, r in insts.items() if r["last"] != "destroyed"]
-    rc = 0
-    if live:
-        try:
-            vast = api.client(args.server_url)
-        except api.VastError as e:
-            print(f"eas-vast: error: {e}", file=sys.stderr)
-            return 2
-        for iid in live:
-            try:
-                api.destroy(vast, iid)
-                records.log_instance(root, "destroyed", iid, by="eas-vast destroy")
-                print(f"destroyed instance {iid}")
-            except api.VastError as e:
-                rc = 1
-                print(f"eas-vast: could not destroy instance {iid}: {e}", file=sys.stderr)
-    n = _lose_unfinished(root)
-    print(f"{len(insts)} instance(s) recorded, {len(live)} destroyed now; {n} unfinished job(s) marked lost "
-          f"(eas-sweep resume {args.dir})")
-    return rc
+    try:
+        lines = destroy_recorded(root, args.server_url, "instance destroyed by eas-vast destroy")
+    except api.VastError as e:
+        print(f"eas-vast: error: {e}", file=sys.stderr)
+        return 1
+    print("\n".join(lines) + f" (eas-sweep resume {args.dir})")
+    return 0
 
 
 if __name__ == "__main__":

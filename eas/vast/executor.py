@@ -12,6 +12,9 @@ offer, never running, outbid, SSH gone) is recorded ``CANCELLED`` (not started) 
 Paths: the job pickles hold absolute paths (sweep dir, config dir), so the code goes
 to the same absolute path on the instance and jobs run from the same working directory;
 Vast logs in as root, which may create them.
+
+This package is a submitit executor and knows nothing of sweeps; ``eas.sweep.backends.vast``
+is the sweep's backend over it (what env vars reach the jobs, which dirs come back).
 """
 
 from __future__ import annotations
@@ -28,14 +31,15 @@ import typing as tp
 from pathlib import Path
 
 from submitit.core import core, job_environment, utils
+from tenacity import Retrying, retry_if_exception_type, retry_if_result, stop_after_attempt, stop_after_delay, wait_fixed
 
-from eas.sweep import records as sweep_records
 from eas.vast import api, records
 from eas.vast.remote import Remote
 
 log = logging.getLogger("eas")
 
 CODE_EXCLUDES = (".git", ".venv", "outputs", "__pycache__", "*.pyc", ".pytest_cache", "*.egg-info")
+DESTROY_ATTEMPTS = 3  # waits 2 s between them; then the instance is recorded for eas-vast destroy
 _RUNNERS: set[InstanceRunner] = set()
 _RUNNERS_LOCK = threading.Lock()
 
@@ -158,21 +162,26 @@ class InstanceRunner:
         raise AssertionError("unreachable")
 
     def _wait_ssh(self, remote: Remote) -> None:
+        """Try SSH until it lets us in, every ``poll_s`` for at most ``ssh_timeout_s``."""
         timeout_s = float(self.p.get("ssh_timeout_s", 300))
-        deadline = time.monotonic() + timeout_s
-        while remote.run("true", timeout_s=60, log=subprocess.DEVNULL) != 0:
+
+        def attempt() -> int:
             if self.stop.is_set():
                 raise api.VastError(f"stopped while waiting for SSH on instance {self.instance_id}")
-            if time.monotonic() > deadline:
-                # a closed port and a refused key have different fixes: say which it was
-                if not remote.port_open():
-                    raise api.VastError(f"instance {self.instance_id} never opened its SSH port {remote.host}:"
-                                        f"{remote.port} in {timeout_s:.0f} s; if it boots slowly, raise "
-                                        f"hydra.launcher.ssh_timeout_s")
-                raise api.VastError(f"instance {self.instance_id}: SSH at {remote.host}:{remote.port} did not let "
-                                    f"us in; is your public key in the Vast account (vastai create ssh-key), and "
-                                    f"hydra.launcher.ssh_key its private key?")
-            time.sleep(float(self.p.get("poll_s", 10)))
+            return remote.run("true", timeout_s=60, log=subprocess.DEVNULL)
+
+        def gave_up(_state) -> None:
+            # a closed port and a refused key have different fixes: say which it was
+            if not remote.port_open():
+                raise api.VastError(f"instance {self.instance_id} never opened its SSH port {remote.host}:"
+                                    f"{remote.port} in {timeout_s:.0f} s; if it boots slowly, raise "
+                                    f"hydra.launcher.ssh_timeout_s")
+            raise api.VastError(f"instance {self.instance_id}: SSH at {remote.host}:{remote.port} did not let "
+                                f"us in; is your public key in the Vast account (vastai create ssh-key), and "
+                                f"hydra.launcher.ssh_key its private key?")
+
+        Retrying(stop=stop_after_delay(timeout_s), wait=wait_fixed(float(self.p.get("poll_s", 10))),
+                 retry=retry_if_result(lambda rc: rc != 0), retry_error_callback=gave_up)(attempt)
 
     def _push_code(self, remote: Remote) -> None:
         code = str(code_dir())
@@ -194,13 +203,12 @@ class InstanceRunner:
         env = {"SUBMITIT_EXECUTOR": "vast", "EAS_VAST_JOB_ID": job.job_id, "EAS_VAST_NTASKS": "1",
                "EAS_VAST_NNODES": "1", "EAS_VAST_NODEID": "0", "EAS_VAST_GLOBALID": "0", "EAS_VAST_LOCALID": "0",
                "PYTHONPATH": str(code_dir()), "PYTHONUNBUFFERED": "1",
-               **{k: os.environ[k] for k in (*sweep_records.ENV_KEYS, "HF_TOKEN") if k in os.environ},
                **{str(k): str(v) for k, v in (self.p.get("env") or {}).items()}}
         cwd = os.getcwd()
         folder_pattern = str(self.root / "%j")
         cmd = (f"mkdir -p {shlex.quote(cwd)} && cd {shlex.quote(cwd)} && "
                + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-               + f" {self.p.get('python') or 'python'} -u -m eas.vast.remote {shlex.quote(folder_pattern)}")
+               + f" {self.p.get('python') or 'python'} -u -m eas.vast.runner {shlex.quote(folder_pattern)}")
         timeout_s = 60 * float(self.p.get("timeout_min") or 60 * 24)
         with open(job.paths.stdout, "ab") as logf:
             rc = remote.run(cmd, timeout_s=timeout_s, log=logf)
@@ -230,15 +238,16 @@ class InstanceRunner:
             iid, self.instance_id = self.instance_id, None
             if iid is None:
                 return
-            for attempt in range(3):
-                try:
-                    api.destroy(vast or api.client(self.p.get("server_url")), iid)
-                    records.log_instance(self.root, "destroyed", iid)
-                    log.info("vast %s: instance %s destroyed", self.label, iid)
-                    return
-                except Exception as e:  # noqa: BLE001
-                    err = str(e)
-                    time.sleep(1 + attempt)
+            try:
+                # on top of _call's retries of a flaky API: a client that could not be made, a refusal
+                Retrying(stop=stop_after_attempt(DESTROY_ATTEMPTS), wait=wait_fixed(2),
+                         retry=retry_if_exception_type(Exception), reraise=True)(
+                    lambda: api.destroy(vast or api.client(self.p.get("server_url")), iid))
+                records.log_instance(self.root, "destroyed", iid)
+                log.info("vast %s: instance %s destroyed", self.label, iid)
+                return
+            except Exception as e:  # noqa: BLE001 - recorded: eas-vast destroy finishes the job
+                err = str(e)
             records.log_instance(self.root, "destroy_failed", iid, error=err)
             log.error("vast %s: could not destroy instance %s (%s): run `eas-vast destroy %s`",
                       self.label, iid, err, self.root)
@@ -259,6 +268,34 @@ def teardown_all(reason: str = "interrupted") -> None:
 
 
 atexit.register(teardown_all, "the launcher exited")
+
+
+def destroy_recorded(root: Path, server_url: str | None, reason: str) -> list[str]:
+    """Destroy every instance recorded under the submitit root ``root`` and not destroyed, and
+    mark the jobs left queued or running lost (``reason``); returns what was done, one line each.
+
+    Raises:
+        api.VastError: no SDK or key; an instance that could not be destroyed (after the others).
+    """
+    insts = records.instances(root)
+    live = [i for i, r in insts.items() if r["last"] != "destroyed"]
+    done, failed = [], []
+    if live:
+        vast = api.client(server_url)
+        for iid in live:
+            try:
+                api.destroy(vast, iid)
+            except api.VastError as e:
+                failed.append(f"instance {iid}: {e}")
+                continue
+            records.log_instance(root, "destroyed", iid, by=reason)
+            done.append(f"destroyed instance {iid}")
+    n = sum(records.mark_lost(f.parent, reason) for f in Path(root).glob(f"*/{records.JOB_STATE}"))
+    done.append(f"{len(insts)} instance(s) recorded, {len(live) - len(failed)} destroyed now; "
+                f"{n} unfinished job(s) marked lost")
+    if failed:
+        raise api.VastError("; ".join(failed) + " (" + "; ".join(done) + ")")
+    return done
 
 
 def wait_all(timeout_s: float | None = None) -> None:

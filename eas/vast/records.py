@@ -5,22 +5,34 @@
   destroys every instance created and not yet destroyed.
 - ``<job folder>/vast_state.json``: ``PENDING`` (waiting for an instance), ``RUNNING``,
   ``COMPLETED``, ``FAILED`` (the job ran and raised), ``CANCELLED`` (lost before it
-  started), ``NODE_FAIL`` (lost while running: outbid, instance died). These are SLURM's
-  words, so ``eas-sweep status`` reads them as it reads ``sacct``.
+  started), ``NODE_FAIL`` (lost while running: outbid, instance died), or ``UNKNOWN`` (no
+  record). SLURM's words, for a reader who knows ``sacct``; the sweep's Vast backend
+  (``eas.sweep.backends.vast``) reads them as the protocol's phases.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
-
-from eas.sweep.records import now, read_json
 
 INSTANCES = "vast_instances.jsonl"
 JOB_STATE = "vast_state.json"
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "NODE_FAIL"})
 _lock = threading.Lock()
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 def log_instance(root: Path, event: str, instance_id: int, **fields) -> None:
@@ -61,7 +73,7 @@ def set_job_state(job_folder: Path, state: str, **fields) -> None:
 
 
 def read_job_state(job_folder: Path) -> dict | None:
-    return read_json(Path(job_folder) / JOB_STATE)
+    return _read_json(Path(job_folder) / JOB_STATE)
 
 
 def mark_lost(job_folder: Path, error: str, ran: bool | None = None, **fields) -> bool:
@@ -81,7 +93,7 @@ def mark_lost(job_folder: Path, error: str, ran: bool | None = None, **fields) -
 
 
 def job_states(submitit_folder: str, job_ids) -> dict[str, str]:
-    """``{job_id: state}`` for ``eas-sweep status``; a job with no record is ``UNKNOWN``."""
+    """``{job_id: state}`` of jobs under a submitit folder (``.../%j``); a job with no record is ``UNKNOWN``."""
     from submitit.core.utils import JobPaths
 
     out = {}

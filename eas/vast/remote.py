@@ -2,17 +2,24 @@
 
 Vast instances are reached as ``root@ssh_host -p ssh_port`` with the user's SSH key
 (registered in the account). Host keys change with every instance: not recorded.
-``python -m eas.vast.remote FOLDER`` is also what runs a submitit job on the instance.
+An rsync that fails the way a flaky link fails (connection lost or timed out) is tried
+again (``RSYNC_ATTEMPTS`` in all); a command is run once (it need not be idempotent).
 """
 
 from __future__ import annotations
 
-import os
+import logging
 import shlex
 import socket
 import subprocess
-import sys
 from dataclasses import dataclass
+
+from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_exponential
+
+log = logging.getLogger("eas")
+# rsync's exit codes for a broken or timed-out link (10, 12, 30, 35) and ssh's own failure (255)
+TRANSIENT_RSYNC = frozenset({10, 12, 30, 35, 255})
+RSYNC_ATTEMPTS = 3  # waits 2 s, then 4 s between them
 
 
 @dataclass
@@ -55,23 +62,16 @@ class Remote:
 
         argv = ["rsync", "-a", "--mkpath", "-e", shlex.join(self.ssh_args())]
         argv += [f"--exclude={e}" for e in excludes] + [side(src), side(dst)]
-        try:
-            return subprocess.run(argv, capture_output=True, timeout=timeout_s, check=False).returncode
-        except subprocess.TimeoutExpired:
-            return 124
 
+        def once() -> int:
+            try:
+                return subprocess.run(argv, capture_output=True, timeout=timeout_s, check=False).returncode
+            except subprocess.TimeoutExpired:
+                return 124
 
-def main(folder: str) -> None:
-    """Run one submitit job on the instance. The job environment is registered by hand, so
-    the instance needs eas importable (PYTHONPATH) but not installed with its entry points."""
-    from submitit.core import plugins, submission
-
-    from eas.vast.executor import VastJobEnvironment
-
-    os.environ.setdefault("SUBMITIT_EXECUTOR", "vast")
-    plugins.get_job_environments()["vast"] = VastJobEnvironment()  # type: ignore[index]
-    submission.process_job(folder)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])
+        retrying = Retrying(stop=stop_after_attempt(RSYNC_ATTEMPTS), wait=wait_exponential(multiplier=2, max=8),
+                            retry=retry_if_result(lambda rc: rc in TRANSIENT_RSYNC), retry_error_callback=
+                            lambda state: state.outcome.result(),  # the last exit code, not an exception
+                            before_sleep=lambda state: log.info("rsync %s -> %s: exit %s, trying again", src, dst,
+                                                                state.outcome.result()))
+        return retrying(once)

@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from eas import config as config_mod
+from eas.experiments.base import prepare
 from eas.cli import CONF_DIR
 
 GROUPS = ["model", "benchmark", "method", "steer_target", "experiment", "grid"]
@@ -30,7 +31,7 @@ def _compose(overrides: list[str]):
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_validates(group, option):
     cfg = _compose([f"{group}={option}"])
-    config_mod.validate(cfg)
+    prepare(cfg)
     if group not in ("grid",):
         assert cfg[group] is not None
 
@@ -60,7 +61,7 @@ def test_layer_and_strength_take_numbers_and_lists():
 ])
 def test_bad_values_name_the_field(overrides, match):
     with pytest.raises(config_mod.ConfigError, match=match):
-        config_mod.validate(_compose(overrides))
+        prepare(_compose(overrides))
 
 
 def eas(*args: str, env=None) -> subprocess.CompletedProcess:

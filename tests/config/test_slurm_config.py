@@ -23,7 +23,8 @@ def test_every_resources_preset_reaches_the_slurm_launcher(option):
     cfg = _compose(["hydra/launcher=slurm", f"resources={option}"])
     config_mod.validate(cfg)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
-    assert launcher["_target_"] == "hydra_plugins.eas_sweep.launcher.EasSlurmLauncher"
+    assert launcher["_target_"] == "hydra_plugins.eas_sweep.launcher.EasLauncher"
+    assert launcher["backend"] == "slurm"
     for key in ("cpus_per_task", "gpus_per_node", "mem_gb", "timeout_min", "partition"):
         assert launcher[key] == cfg.resources[key], key
 

@@ -19,8 +19,8 @@ import torch
 
 from eas import store
 from eas.core import cmaes
-from eas.jobs import cmaes as cmaes_job
-from eas.jobs.fanout import WorkerError
+from eas.experiments import cmaes as cmaes_job
+from eas.fanout import WorkerError
 from eas.sweep import slurm
 from tests.integration.local_slurm import MARKS
 from tests.unit.test_cmaes import _cfg, _history

@@ -97,7 +97,7 @@ def test_multirun_lands_one_merged_table_equal_to_the_local_launchers(slurm_clus
 
     d = the_sweep_dir()
     jobs = manifest(d)["jobs"]
-    assert len(jobs) == 4 and len({j["slurm_job_id"].split("_")[0] for j in jobs}) == 1  # one job array
+    assert len(jobs) == 4 and len({j["job_id"].split("_")[0] for j in jobs}) == 1  # one job array
     assert "4 cells: 4 done, 0 failed" in out
     assert json.loads((d / "sweep_status.json").read_text())["counts"]["done"] == 4
     assert val_cells(d) == {(1, 1.0), (1, 4.0), (2, 1.0), (2, 4.0)}
@@ -119,7 +119,7 @@ def test_a_failing_cell_is_recorded_and_the_others_land(slurm_cluster):
     d = the_sweep_dir()
     jobs = manifest(d)["jobs"]
     assert [j["overrides"][-2:] for j in jobs] == [["layer=1", "strength=[1,4]"], ["layer=99", "strength=[1,4]"]]
-    assert len({j["slurm_job_id"].split("_")[0] for j in jobs}) == 2
+    assert len({j["job_id"].split("_")[0] for j in jobs}) == 2
 
     states = cell_states(d)
     assert states["layer=1 strength=1"][0] == states["layer=1 strength=4"][0] == "done"
@@ -139,7 +139,7 @@ def test_detach_status_and_resume_from_another_process_after_scancel(slurm_clust
     assert r.returncode == 0, r.stdout + r.stderr
     assert "eas-sweep status" in r.stdout
     d = the_sweep_dir()
-    _, second, third = (j["slurm_job_id"] for j in manifest(d)["jobs"])
+    _, second, third = (j["job_id"] for j in manifest(d)["jobs"])
     assert manifest(d)["report_job_id"]
 
     subprocess.run(["scancel", third], check=True)  # never started: missing
@@ -173,9 +173,9 @@ def test_a_preempted_job_is_requeued_and_resumes_from_the_store(slurm_cluster):
                "cells_per_chunk=1", background=True)
     try:
         wait_for(lambda: list(Path(os.environ["EAS_OUTPUTS"]).glob("multirun/*/*/sweep.json"))
-                 and manifest(the_sweep_dir())["jobs"][0]["slurm_job_id"], 120, "the submission")
+                 and manifest(the_sweep_dir())["jobs"][0]["job_id"], 120, "the submission")
         d = the_sweep_dir()
-        job = manifest(d)["jobs"][0]["slurm_job_id"]
+        job = manifest(d)["jobs"][0]["job_id"]
         wait_for(lambda: n_cell_records() > N_UNSTEERED, 180, "a steered cell in the store")
         before = store_files()
         # what SLURM sends before preemption (and before the time limit): submitit checkpoints

@@ -74,7 +74,7 @@ def test_job_that_dies_keeps_finished_cells(tmp_path, monkeypatch):
     from eas import config as config_mod
     from eas.cli import CONF_DIR
     from eas.core import sweep
-    from eas.jobs.steer import SteerJob
+    from eas.experiments.steer import Steer
 
     config_mod.register()
     GlobalHydra.instance().clear()
@@ -92,10 +92,10 @@ def test_job_that_dies_keeps_finished_cells(tmp_path, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(sweep, "sweep_mc", flaky)
-    s = SteerJob(cfg, tmp_path / "run1").run()
+    s = Steer(cfg, tmp_path / "run1").run()
     assert len(s["failed_cells"]) == 2 and "node lost" in s["failed_cells"][0]["error"]
     calls.clear()
-    s2 = SteerJob(cfg, tmp_path / "run2").run()
+    s2 = Steer(cfg, tmp_path / "run2").run()
     assert s2["failed_cells"] == []
     assert calls == [2], f"re-run recomputed finished cells: {calls}"
 
@@ -106,7 +106,7 @@ def test_sharded_capture_gives_the_same_vectors(tmp_path):
 
     from eas import config as config_mod
     from eas.cli import CONF_DIR
-    from eas.jobs.steer import SteerJob
+    from eas.experiments.steer import Steer
 
     config_mod.register()
     vecs = {}
@@ -116,7 +116,7 @@ def test_sharded_capture_gives_the_same_vectors(tmp_path):
             cfg = compose("config", overrides=["model=tiny_random", "benchmark=eas_facts", "max_sample_size=50",
                                                "layer=[1,3]", f"capture_shard_size={size}", "progress=false",
                                                f"store.root={tmp_path / str(size)}"])
-        job = SteerJob(cfg, tmp_path / f"run{size}")
+        job = Steer(cfg, tmp_path / f"run{size}")
         job.load()
         vecs[size] = job.vectors(job.unsteered()["train"])
         shards = list((tmp_path / str(size) / "activations").rglob("*.safetensors"))

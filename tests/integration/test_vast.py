@@ -1,6 +1,6 @@
 """``eas -m hydra/launcher=vast`` end to end, without the internet.
 
-The real vastai client talks to a stand-in API on 127.0.0.1 (``eas.vast.fake``); each
+The real vastai client talks to a stand-in API on 127.0.0.1 (``tests/vast_fake.py``); each
 "instance" it rents is a real sshd on loopback in its own mount and pid namespaces
 (``launchers/vast/loopback_instance.sh``), with an empty project dir: eas's real code
 goes there over rsync, the jobs run there with ``model=tiny_random``, and the results
@@ -35,9 +35,9 @@ pytestmark = [
                                               f"not found); install them with: sudo bash launchers/vast/install.sh"),
     pytest.mark.skipif(os.geteuid() != 0, reason="the loopback instance uses mount/pid namespaces (root)"),
 ]
-pytest.importorskip("vastai", reason="the vastai SDK is not installed: pip install 'eas[vast]'")
+pytest.importorskip("vastai", reason="the vastai SDK is not installed (eas's extra `vast`): run `make vast`")
 
-from eas.vast.fake import FakeVast
+from tests.vast_fake import FakeVast
 from eas.vast.remote import Remote
 
 
@@ -138,7 +138,7 @@ def test_sweep_runs_on_instances_and_results_come_back(vast, tmp_path):
     assert q["gpu_name"] == {"eq": "RTX 4090"} and q["dph_total"] == {"lte": 0.5} and q["num_gpus"] == {"eq": 1}
     assert all(req["auth"] == f"Bearer {KEY}" for req in vast.requests)
     manifest = json.loads((d / "sweep.json").read_text())
-    assert manifest["launcher"] == "vast" and [len(j["cells"]) for j in manifest["jobs"]] == [2, 2]
+    assert manifest["backend"] == "vast" and [len(j["cells"]) for j in manifest["jobs"]] == [2, 2]
     # results were written on the instances (their own /tmp) and rsynced back here
     job_dirs = sorted(p.parent for p in d.glob("*/results.parquet"))
     assert len(job_dirs) == 2

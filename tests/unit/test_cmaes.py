@@ -14,11 +14,13 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from eas import config as config_mod
+from eas.experiments.base import prepare
 from eas import judges, store
 from eas.cli import CONF_DIR
-from eas.core import cmaes, judge, score, sweep, tokens
-from eas.jobs import cmaes as cmaes_job
-from eas.jobs.steer import SteerJob
+from eas.core import cmaes, judge, score, tokens
+from eas.core import engine as engine_mod
+from eas.experiments import cmaes as cmaes_job
+from eas.experiments.steer import Steer
 from eas.report.cmaes import gap_table, write_gap_table
 
 PROMPTS = [
@@ -41,7 +43,7 @@ def engine(llama, tokenizer):
 
 def _fitness(engine, prefix=True, layer=1):
     model, sites, rows, head, pad = engine
-    pc = sweep.prefix_cache(model, rows, batch_size=2, pad=pad) if prefix else None
+    pc = engine_mod.prefix_cache(model, rows, batch_size=2, pad=pad) if prefix else None
     return cmaes.mc_fitness(model, sites, rows, [4] * len(rows), torch.tensor(LABELS), head, "residual", layer,
                             cmaes.accuracy_fitness, prefix=pc, batch_size=2, pad=pad)
 
@@ -100,15 +102,15 @@ def test_fitness_metrics():
 # -- one generation = one engine call ------------------------------------------------
 def test_prefix_cache_gives_the_same_scores(engine):
     model, sites, rows, head, pad = engine
-    cells = [sweep.Cell(L, s, torch.randn(64, generator=torch.Generator().manual_seed(L))) for L in (0, 2)
+    cells = [engine_mod.Cell(L, s, torch.randn(64, generator=torch.Generator().manual_seed(L))) for L in (0, 2)
              for s in (0.0, 3.0)]
-    pc = sweep.prefix_cache(model, rows, batch_size=2, pad=pad)
-    plain = sweep.sweep_mc(model, sites, rows, [4] * 5, head, "residual", cells, batch_size=2, pad=pad)
+    pc = engine_mod.prefix_cache(model, rows, batch_size=2, pad=pad)
+    plain = engine_mod.sweep_mc(model, sites, rows, [4] * 5, head, "residual", cells, batch_size=2, pad=pad)
     for _ in range(2):  # the cache is not changed by a call
-        cached = sweep.sweep_mc(model, sites, rows, [4] * 5, head, "residual", cells, pad=pad, prefix=pc)
+        cached = engine_mod.sweep_mc(model, sites, rows, [4] * 5, head, "residual", cells, pad=pad, prefix=pc)
         torch.testing.assert_close(cached, plain, atol=0, rtol=0)
     with pytest.raises(ValueError, match="prefix cache holds"):
-        sweep.sweep_mc(model, sites, rows[:2], [4] * 2, head, "residual", cells, prefix=pc)
+        engine_mod.sweep_mc(model, sites, rows[:2], [4] * 2, head, "residual", cells, prefix=pc)
 
 
 def test_a_generation_is_one_engine_call_and_matches_one_by_one(engine, monkeypatch):
@@ -172,9 +174,11 @@ def _cfg(tmp_path, name, *extra, experiment="cmaes", method="mean_diff"):
                  "layer=1", "strength=[1,4]", "max_sample_size=30", "experiment.k=6", "experiment.popsize=6",
                  "experiment.generations=4", "experiment.sigma0=0.5", "progress=false",
                  f"store.root={tmp_path / name / 'store'}", *extra]
+    if experiment != "cmaes":  # the search's fields are experiment=cmaes's own
+        overrides = [o for o in overrides if not o.startswith("experiment.")]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("config", overrides=overrides)
-    config_mod.validate(cfg)
+    prepare(cfg)
     return cfg
 
 
@@ -223,13 +227,15 @@ def test_job_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path, monkey
 
     # the refined vector is a steering method: found in the store, or from the run dir
     steer_cfg = _cfg(tmp_path, "a", "method.source=mean_diff", experiment="steer", method="cmaes")
-    s = SteerJob(steer_cfg, tmp_path / "a" / "steer").run()
+    s = Steer(steer_cfg, tmp_path / "a" / "steer").run()
     assert s["method"] == "cmaes" and s["best"] is not None
     from_dir = _cfg(tmp_path, "c", f"method.vector_path={run_a}", experiment="steer", method="cmaes")
-    assert SteerJob(from_dir, tmp_path / "c" / "steer").run()["best"] is not None
-    with pytest.raises(config_mod.ConfigError, match="no refined vector for layer"):
-        SteerJob(_cfg(tmp_path, "d", "method.source=mean_diff", experiment="steer", method="cmaes"),
-                 tmp_path / "d" / "steer").run()
+    assert Steer(from_dir, tmp_path / "c" / "steer").run()["best"] is not None
+    from eas.methods.base import VectorError
+
+    with pytest.raises(VectorError, match=r"no vector for layer=\[1\] in the store.*experiment=cmaes method=mean_diff"):
+        Steer(_cfg(tmp_path, "d", "method.source=mean_diff", experiment="steer", method="cmaes"),
+              tmp_path / "d" / "steer").run()
 
     # the gap table over runs
     df = write_gap_table([tmp_path / "a"], tmp_path / "gap.md")
@@ -252,7 +258,7 @@ def _cfg_plain(overrides):
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("config", overrides=overrides)
-    config_mod.validate(cfg)
+    prepare(cfg)
     return cfg
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eas.core import capture, compile, score, sweep
+from eas.core import capture, compile, engine, score
 from tests.conftest import make_tiny
 
 pytest.importorskip("torch._inductor")
@@ -26,8 +26,8 @@ def _everything(model, sites, tok, site: str):
     g = torch.Generator().manual_seed(1)
     v = torch.randn(model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd,
                     generator=g)
-    cells = [sweep.Cell(layer, s, v) for layer in (1, 3) for s in (2.0, 8.0)]
-    steered = sweep.sweep_mc(model, sites, rows, [4] * len(rows), head, site, cells, 4, 3, 0)
+    cells = [engine.Cell(layer, s, v) for layer in (1, 3) for s in (2.0, 8.0)]
+    steered = engine.sweep_mc(model, sites, rows, [4] * len(rows), head, site, cells, 4, 3, 0)
     unsteered = score.score_mc(model, rows, [4] * len(rows), head, 4, 0)
     return acts, steered, unsteered
 
@@ -35,14 +35,15 @@ def _everything(model, sites, tok, site: str):
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_compiled_model_captures_steers_and_scores_like_eager(arch, tokenizer):
     model, sites = make_tiny(arch, seed=3)
-    eager = {site: _everything(model, sites, tokenizer, site) for site in ("residual", "mlp")}
+    eager = {site: _everything(model, sites, tokenizer, site) for site in ("residual", "mlp", "mlp_input")}
 
-    n = compile.compile_blocks(model, sites)
+    done = compile.compile_blocks(model, sites)
     names = {name.split(".", 1)[1] for name, _ in compile.regions(sites)}
-    attn = sites.table["self_attn"]
-    assert attn not in names and "mlp" in names and n == len(compile.regions(sites)) >= 2 * sites.n_layers
+    attn = sites.table["self_attn"].path
+    assert attn not in names and "mlp" in names and len(done.regions) == len(compile.regions(sites)) >= 2 * sites.n_layers
+    assert done.kinds == sorted(names) and done.seconds >= 0
     assert all(getattr(m.forward, "_eas_compiled", False) for _, m in compile.regions(sites))
-    assert compile.compile_blocks(model, sites) == n  # idempotent: compiled forwards are not wrapped again
+    assert compile.compile_blocks(model, sites).regions == done.regions  # idempotent: not wrapped again
 
     for site, (acts0, steered0, unsteered0) in eager.items():
         acts, steered, unsteered = _everything(model, sites, tokenizer, site)

@@ -1,13 +1,15 @@
-"""The pure core on tiny random models: capture, steering hooks, scoring, the engine."""
+"""The pure core on tiny random models: capture, steering hooks, scoring, vectors.
+
+The engine has ``test_engine.py``; the site table and input sites ``test_sites.py``.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from eas.config import SITES
-from eas.core import capture, intervene, score, sweep, tokens, vectors
-from eas.models import ModelError, site_map
+from eas.core import capture, intervene, score, tokens, vectors
+from eas.core.sites import FAMILIES, OUTPUT, ModelError, site_map
 
 TEXTS = [
     "Question: what is the answer? A. yes B. no Answer:",
@@ -20,8 +22,7 @@ def rows(tokenizer, texts=TEXTS):
     return tokens.encode(tokenizer, texts)
 
 
-def sites_for(sites):
-    return [s for s in SITES if s in sites.table]
+OUTPUT_SITES = [name for name, row in FAMILIES["llama"].sites.items() if row.direction == OUTPUT]
 
 
 def test_capture_residual_equals_hidden_states(tiny, tokenizer):
@@ -57,7 +58,7 @@ def test_capture_is_padding_aware_and_stops_after_top_layer(llama, tokenizer):
     assert ran == [0, 1], f"blocks after the highest requested layer ran: {ran}"
 
 
-@pytest.mark.parametrize("site", SITES)
+@pytest.mark.parametrize("site", OUTPUT_SITES)
 def test_steer_adds_exactly_at_site_and_last_position(llama, tokenizer, site):
     model, sites = llama
     ids = torch.tensor([rows(tokenizer)[0]])
@@ -83,10 +84,10 @@ def test_steer_adds_exactly_at_site_and_last_position(llama, tokenizer, site):
 
 
 def test_capture_and_steer_touch_the_same_tensor(tiny, tokenizer):
-    arch, model, sites = tiny
+    _, model, sites = tiny
     r = rows(tokenizer)[:1]
     v = torch.randn(model.config.hidden_size if hasattr(model.config, "hidden_size") else 64)
-    for site in sites_for(sites):
+    for site in sites.names:  # input sites too: the steer and the capture hook the same input
         plain = capture.capture(model, sites, r, [1], site)["last"][0, 0]
         with intervene.steer(sites, 1, site, v, 2.0):
             steered = capture.capture(model, sites, r, [1], site)["last"][0, 0]
@@ -94,11 +95,13 @@ def test_capture_and_steer_touch_the_same_tensor(tiny, tokenizer):
 
 
 def test_hooks_removed_on_error(llama):
-    model, sites = llama
-    with pytest.raises(RuntimeError, match="boom"):
-        with intervene.steer(sites, 1, "residual", torch.ones(64)):
-            raise RuntimeError("boom")
+    _, sites = llama
+    with pytest.raises(RuntimeError, match="boom"), intervene.steer(sites, 1, "residual", torch.ones(64)):
+        raise RuntimeError("boom")
     assert all(not b._forward_hooks for b in sites.blocks)
+    with pytest.raises(RuntimeError, match="boom"), intervene.steer(sites, 1, "residual_pre", torch.ones(64)):
+        raise RuntimeError("boom")
+    assert all(not b._forward_pre_hooks for b in sites.blocks)
 
 
 def test_per_row_strengths_and_from_position(llama, tokenizer):
@@ -130,7 +133,7 @@ def test_ablate_removes_direction(llama, tokenizer):
 
 
 def test_letter_tokens_and_head_match_full_logits(tiny, tokenizer):
-    arch, model, sites = tiny
+    _, model, _ = tiny
     ids = score.letter_token_ids(tokenizer, 4)
     for letter, variants in zip("ABCD", ids):
         assert {tokenizer.decode([t]).strip() for t in variants} == {letter}
@@ -155,37 +158,8 @@ def test_letter_without_single_token_is_an_error():
         score.letter_token_ids(Tok(), 2)
 
 
-@pytest.mark.parametrize("rule", ["last", "mid", "mean"])
-def test_engine_agrees_with_naive_loop(tiny, tokenizer, rule):
-    arch, model, sites = tiny
-    r = rows(tokenizer)
-    ids = score.letter_token_ids(tokenizer, 4)
-    head = score.LetterHead(model, ids)
-    n_opts = [4, 3, 4]
-    for site in sites_for(sites):
-        acts = capture.capture(model, sites, r, [0, 2, 3], site, (rule,))[rule]
-        cells = [sweep.Cell(L, s, vectors.mean_difference(acts[k, :2], acts[k, 2:]) * 3)
-                 for k, L in enumerate([0, 2, 3]) for s in (0.0, 1.0, -4.0)]
-        fast = sweep.sweep_mc(model, sites, r, n_opts, head, site, cells, batch_size=2, cells_per_pass=4,
-                              pad=tokens.pad_id(tokenizer))
-        slow = sweep.naive_sweep_mc(model, sites, r, n_opts, ids, site, cells)
-        finite = torch.isfinite(slow)
-        assert torch.equal(finite, torch.isfinite(fast))
-        torch.testing.assert_close(fast[finite], slow[finite], atol=2e-4, rtol=1e-4)
-        assert (fast.argmax(-1) == slow.argmax(-1)).float().mean() == 1.0
-
-
-def test_engine_zero_strength_equals_unsteered(llama, tokenizer):
-    model, sites = llama
-    r = rows(tokenizer)
-    head = score.LetterHead(model, score.letter_token_ids(tokenizer, 4))
-    plain = score.score_mc(model, r, [4] * 3, head, batch_size=3)
-    zero = sweep.sweep_mc(model, sites, r, [4] * 3, head, "residual", [sweep.Cell(1, 0.0, torch.ones(64))])
-    torch.testing.assert_close(zero[0], plain, atol=1e-5, rtol=1e-5)
-
-
 def test_unknown_architecture_and_bad_layer(llama):
-    model, sites = llama
+    _, sites = llama
 
     class Cfg:
         model_type = "mamba"
@@ -208,10 +182,10 @@ def test_vectors():
     pos = neg + d + 0.1 * torch.randn(40, 32, generator=g)
     md = vectors.mean_difference(pos, neg)
     torch.testing.assert_close(md, pos.mean(0) - neg.mean(0))
-    for method in ("pca", "probe"):
-        v = vectors.build_vector(method, pos, neg)
-        assert torch.nn.functional.cosine_similarity(v, d, dim=0) > 0.5, method
+    for direction in (vectors.pca_direction, vectors.probe_direction):
+        v = direction(pos, neg)
+        assert torch.nn.functional.cosine_similarity(v, d, dim=0) > 0.5, direction.__name__
         torch.testing.assert_close(v.norm(), md.norm(), atol=1e-4, rtol=1e-4)
-    r = vectors.build_vector("random", pos, neg, seed=3)
-    torch.testing.assert_close(r, vectors.build_vector("random", pos, neg, seed=3))
+    r = vectors.random_direction(32, float(md.norm()), seed=3)
+    torch.testing.assert_close(r, vectors.random_direction(32, float(md.norm()), seed=3))
     assert abs(float(r.norm() - md.norm())) < 1e-4

@@ -1,4 +1,4 @@
-"""eas.data: loaders on the real upstream samples, malformed files, split_items, built-in sets, configs."""
+"""eas.data: formats on the real upstream samples, malformed files, split_items, built-in sets, configs."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from eas import extensions
 from eas.config import BenchmarkConfig
-from eas.data import LOADERS, DataError, MCItem, load_benchmark, split_items
-from eas.data.loaders import split_ab_question
+from eas.data import DataError, MCItem, load_benchmark, split_items
+from eas.data.formats.caa import split_ab_question
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT.parent / "shared" / "data" / "samples"
@@ -26,11 +27,11 @@ needs_samples = pytest.mark.skipif(
 
 
 def cfg(
-    loader: str, path: Path | str | None = None, kind: str = "mc", name: str = "t", **options
+    fmt: str, path: Path | str | None = None, kind: str = "mc", name: str = "t", **options
 ) -> BenchmarkConfig:
     return BenchmarkConfig(
         name=name,
-        loader=loader,
+        format=fmt,
         path=None if path is None else str(path),
         kind=kind,
         options=options,
@@ -107,7 +108,7 @@ def test_mmlu_original_hendrycks_format(tmp_path):
 def test_openbookqa_ai2_format():
     path = SAMPLES / "openbookqa" / "test.jsonl"
     raw = [json.loads(line) for line in path.open()]
-    bench = load_benchmark(cfg("openbookqa", path))
+    bench = load_benchmark(cfg("keyed_choices", path))
     assert len(bench) == len(raw) == 20
     for rec, it in zip(raw, bench.items):
         right = next(
@@ -122,7 +123,7 @@ def test_openbookqa_ai2_format():
 def test_commonsenseqa_hf_format():
     path = SAMPLES / "commonsenseqa" / "validation.jsonl"
     raw = [json.loads(line) for line in path.open()]
-    bench = load_benchmark(cfg("commonsenseqa", path.parent))  # a folder with one jsonl
+    bench = load_benchmark(cfg("keyed_choices", path.parent))  # a folder with one jsonl
     assert len(bench) == 20
     for rec, it in zip(raw, bench.items):
         ch = rec["choices"]
@@ -152,7 +153,7 @@ def test_arc_digit_labels_and_hf_layout(tmp_path):
     }
     path = tmp_path / "arc.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in (ai2, hf, obqa_hf)) + "\n")
-    bench = load_benchmark(cfg("arc", path))
+    bench = load_benchmark(cfg("keyed_choices", path))
     assert [it.options[it.label] for it in bench.items] == ["water", "fire", "snow"]
     assert bench.items[2].question == "Which is cold?"
 
@@ -303,7 +304,7 @@ def test_hub_unavailable_says_pass_path(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # import fails, as without the package
     c = BenchmarkConfig(
         name="t",
-        loader="arc",
+        format="keyed_choices",
         hub_id="allenai/ai2_arc",
         hub_config="ARC-Challenge",
         hub_split="test",
@@ -318,10 +319,33 @@ def test_hub_error_becomes_data_error(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     c = BenchmarkConfig(
-        name="t", loader="mmlu", hub_id="cais/mmlu", hub_config="all", hub_split="test"
+        name="t", format="mmlu", hub_id="cais/mmlu", hub_config="all", hub_split="test"
     )
     with pytest.raises(DataError, match=r"hub unreachable.*benchmark\.path="):
         load_benchmark(c)
+
+
+def test_hub_reads_through_datasets(tmp_path, monkeypatch):
+    import datasets
+    import pandas as pd
+
+    # datasets.load_dataset takes a local folder for a hub id: the real reader, no network
+    repo = tmp_path / "cais_mmlu"
+    repo.mkdir()
+    pd.DataFrame(
+        {"question": ["2+2?", "3+3?"], "subject": ["math", "math"],
+         "choices": [["3", "4", "5", "6"], ["5", "6", "7", "8"]], "answer": [1, 1]}
+    ).to_parquet(repo / "test.parquet")  # fmt: skip
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    c = BenchmarkConfig(name="t", format="mmlu", hub_id=str(repo), hub_split="test")
+    bench = load_benchmark(c)
+    assert bench.source == str(repo)
+    assert [it.options[it.label] for it in bench.items] == ["4", "6"]
+    assert bench.items[0].metadata["subject"] == "math"
+    with pytest.raises(
+        DataError, match=r"benchmark\.hub_split is not set; choose one of \['test'\]"
+    ):
+        load_benchmark(BenchmarkConfig(name="t", format="mmlu", hub_id=str(repo)))
 
 
 def test_truthfulqa_hub_layout(monkeypatch):
@@ -337,7 +361,7 @@ def test_truthfulqa_hub_layout(monkeypatch):
     )
     c = BenchmarkConfig(
         name="t",
-        loader="truthfulqa",
+        format="truthfulqa",
         hub_id="truthfulqa/truthful_qa",
         hub_config="multiple_choice",
         hub_split="validation",
@@ -373,11 +397,60 @@ def test_missing_path_names_the_field(tmp_path):
         load_benchmark(cfg("bbq", tmp_path / "nope.jsonl"))
 
 
-def test_unknown_loader_and_kind():
-    with pytest.raises(DataError, match="benchmark.loader='nope'.*builtin"):
+def test_unknown_format_and_kind():
+    with pytest.raises(DataError) as e:
         load_benchmark(cfg("nope"))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("benchmark.format='nope'")
+    assert "bbq, caa, eas, ethics, keyed_choices, mmlu, truthfulqa" in msg
+    with pytest.raises(DataError, match=r"benchmark\.format='no_pkg\.toy'"):
+        load_benchmark(cfg("no_pkg.toy"))
     with pytest.raises(DataError, match="benchmark.kind='xy'"):
-        load_benchmark(cfg("builtin", kind="xy", name="eas_facts"))
+        load_benchmark(cfg("eas", kind="xy", name="eas_facts"))
+
+
+TOY_FORMAT = '''
+"""A format written outside eas: one "q|right|wrong" line per item."""
+from eas.data.readers import local_path, make_benchmark, make_item, read_text
+
+
+def load(cfg, seed=0):
+    path = local_path(cfg)
+    items = []
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
+        question, right, wrong = line.split("|")
+        items.append(make_item(f"{path} line {n}", id=f"toy-{n}", question=question,
+                               options=(right, wrong) if seed % 2 == 0 else (wrong, right),
+                               label=0 if seed % 2 == 0 else 1))
+    return make_benchmark(cfg, items, str(path))
+'''
+
+
+def test_format_module_outside_eas(tmp_path, monkeypatch):
+    pkg = tmp_path / "tmp_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "toy_format.py").write_text(TOY_FORMAT)
+    (pkg / "no_load.py").write_text("X = 1\n")
+    data = tmp_path / "toy.txt"
+    data.write_text("Is ice cold?|yes|no\nIs fire cold?|no|yes\nIs ice cold?|yes|no\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        bench = load_benchmark(cfg("tmp_pkg.toy_format", data, name="toy"), seed=1)
+        with pytest.raises(
+            DataError, match=r"benchmark\.format='tmp_pkg\.no_load'.* defines no load"
+        ):
+            load_benchmark(cfg("tmp_pkg.no_load", data))
+    finally:
+        for name in [m for m in sys.modules if m == "tmp_pkg" or m.startswith("tmp_pkg.")]:
+            del sys.modules[name]
+    # what every format's output gets: the seed passed through, the repeat dropped
+    assert bench.name == "toy" and bench.source == str(data)
+    assert [(it.id, it.options[it.label]) for it in bench.items] == [
+        ("toy-1", "yes"),
+        ("toy-2", "no"),
+    ]
+    assert bench.items[0].options == ("no", "yes")
 
 
 def test_bad_json_names_file_and_line(tmp_path):
@@ -423,7 +496,7 @@ def test_missing_columns_and_keys(tmp_path):
     obqa = tmp_path / "test.jsonl"
     obqa.write_text(json.dumps({"id": "1", "question": {"stem": "s", "choices": []}}) + "\n")
     with pytest.raises(DataError, match=r"test\.jsonl line 1: missing key 'answerKey'"):
-        load_benchmark(cfg("openbookqa", obqa))
+        load_benchmark(cfg("keyed_choices", obqa))
     obqa.write_text(
         json.dumps(
             {
@@ -439,7 +512,7 @@ def test_missing_columns_and_keys(tmp_path):
     with pytest.raises(
         DataError, match=r"answerKey='E' is not one of the choice labels \['A', 'B'\]"
     ):
-        load_benchmark(cfg("openbookqa", obqa))
+        load_benchmark(cfg("keyed_choices", obqa))
     tqa = tmp_path / "tqa.json"
     tqa.write_text(json.dumps([{"question": "q", "mc1_targets": {"a": 1, "b": 1, "c": 0}}]))
     with pytest.raises(
@@ -465,12 +538,12 @@ def test_builtin_schema_errors(tmp_path):
     with pytest.raises(
         DataError, match=r"mine\.jsonl line 1: .*label 5 out of range for 2 options"
     ):
-        load_benchmark(cfg("builtin", path))
+        load_benchmark(cfg("eas", path))
     path.write_text(json.dumps({"id": "a", "question": "q", "options": "xy", "label": 0}) + "\n")
     with pytest.raises(DataError, match="'options' must be a list of strings"):
-        load_benchmark(cfg("builtin", path))
+        load_benchmark(cfg("eas", path))
     with pytest.raises(DataError, match="no built-in data set 'nope'.*eas_facts"):
-        load_benchmark(cfg("builtin", name="nope"))
+        load_benchmark(cfg("eas", name="nope"))
 
 
 # --------------------------------------------------------------------------- split_items
@@ -522,7 +595,7 @@ def test_split_too_few_items():
     [("eas_facts", 150, "mc"), ("eas_reasoning", 100, "mc"), ("eas_sycophancy", 120, "ab")],
 )
 def test_builtin_sets_load_and_are_balanced(name, n_min, kind):
-    bench = load_benchmark(cfg("builtin", name=name, kind=kind))
+    bench = load_benchmark(cfg("eas", name=name, kind=kind))
     assert len(bench) >= n_min
     assert len({it.id for it in bench.items}) == len(bench)
     assert len({it.question for it in bench.items}) == len(bench), "duplicate questions"
@@ -538,19 +611,19 @@ def test_builtin_sets_load_and_are_balanced(name, n_min, kind):
 
 
 def test_builtin_facts_are_four_option():
-    bench = load_benchmark(cfg("builtin", name="eas_facts"))
+    bench = load_benchmark(cfg("eas", name="eas_facts"))
     assert {len(it.options) for it in bench.items} == {4}
 
 
 def test_builtin_sycophancy_shape():
-    bench = load_benchmark(cfg("builtin", name="eas_sycophancy", kind="ab"))
+    bench = load_benchmark(cfg("eas", name="eas_sycophancy", kind="ab"))
     assert {len(it.options) for it in bench.items} == {2}
     assert {it.metadata["behaviour"] for it in bench.items} == {"sycophancy"}
 
 
 # --------------------------------------------------------------------------- configs
 
-BENCHMARK_KEYS = {"name", "loader", "path", "hub_id", "hub_config", "hub_split", "kind", "options"}
+BENCHMARK_KEYS = {"name", "format", "path", "hub_id", "hub_config", "hub_split", "kind", "options"}
 CONFIGS = sorted(CONF.glob("*.yaml"))
 
 
@@ -574,16 +647,16 @@ def test_benchmark_config_keys(path):
     raw = OmegaConf.to_container(OmegaConf.load(path))
     assert set(raw) == BENCHMARK_KEYS
     assert raw["name"] == path.stem
-    assert raw["loader"] in LOADERS
+    assert raw["format"] in extensions.builtin("format")
     assert raw["kind"] in ("mc", "ab")
     assert raw["path"] is None
     assert isinstance(raw["options"], dict)
     OmegaConf.merge(
         OmegaConf.structured(BenchmarkConfig), OmegaConf.load(path)
     )  # schema accepts it
-    if raw["loader"] == "caa":
+    if raw["format"] == "caa":
         assert raw["kind"] == "ab" and raw["hub_id"] is None
-    elif raw["loader"] != "builtin":
+    elif raw["format"] != "eas":
         assert raw["hub_id"] and raw["hub_split"]
 
 

@@ -19,8 +19,8 @@ import torch
 from eas import config as config_mod
 from eas import store
 from eas.core import cmaes
-from eas.jobs import cmaes as cmaes_job
-from eas.jobs.fanout import Fanout, WorkerError
+from eas.experiments import cmaes as cmaes_job
+from eas.fanout import Fanout, WorkerError
 from tests.unit.test_cmaes import _cfg, _cfg_plain, _history
 
 LOCAL = {"cpus_per_task": 1, "timeout_min": 10}

@@ -14,9 +14,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from eas import config as config_mod
+from eas.experiments.base import prepare
 from eas.cli import CONF_DIR
 from eas.data.schema import MCItem
-from eas.jobs import probe as probe_job
+from eas.experiments import probe as probe_job
 
 FAST = ["model=tiny_random", "experiment=probe", "progress=false", "experiment.n_random=50",
         "experiment.n_bootstrap=200", "experiment.c_grid=[0.1,1.0]", "experiment.ccs_restarts=2",
@@ -28,7 +29,7 @@ def _cfg(*overrides: str):
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("config", overrides=[*FAST, *overrides])
-    config_mod.validate(cfg)
+    prepare(cfg)
     return cfg
 
 
@@ -84,16 +85,17 @@ def test_error_probe_on_the_split_with_abstention(tmp_path):
 def test_probe_vectors_feed_the_steer_job(tmp_path):
     cfg = _cfg("benchmark=eas_sycophancy", "experiment.ccs_restarts=0", "layer=[2]")
     probe_job.run(cfg, tmp_path / "run")
-    steer = SimpleNamespace(cfg=SimpleNamespace(method=SimpleNamespace(vector_path=str(tmp_path / "run"))),
-                            site="residual", position="last", layers=[2], lm=SimpleNamespace(name="tiny_random"))
-    vecs = probe_job.probe_vectors(steer)
-    assert set(vecs) == {2} and vecs[2].shape == (64,) and steer.vector_id
-    with pytest.raises(config_mod.ConfigError, match=r"no probe vector for layer=\[1\]"):
-        probe_job.probe_vectors(SimpleNamespace(**{**steer.__dict__, "layers": [1, 2]}))
-    with pytest.raises(config_mod.ConfigError, match="trained on model 'tiny_random'"):
-        probe_job.probe_vectors(SimpleNamespace(**{**steer.__dict__, "lm": SimpleNamespace(name="other")}))
-    with pytest.raises(config_mod.ConfigError, match="no probes/probe_residual_mean_L"):
-        probe_job.probe_vectors(SimpleNamespace(**{**steer.__dict__, "position": "mean"}))
+    from eas.methods.base import Expected, VectorError, read_vectors
+
+    want = Expected("probe", "residual", "last", [2], "tiny_random", 64)
+    vecs = read_vectors(tmp_path / "run", want)
+    assert set(vecs) == {2} and vecs[2].shape == (64,)
+    with pytest.raises(VectorError, match=r"no vector for layer=\[1\]"):
+        read_vectors(tmp_path / "run", Expected("probe", "residual", "last", [1, 2], "tiny_random", 64))
+    with pytest.raises(VectorError, match="made at model 'tiny_random'"):
+        read_vectors(tmp_path / "run", Expected("probe", "residual", "last", [2], "other", 64))
+    with pytest.raises(VectorError, match="no probe vector at steer_target=mlp"):
+        read_vectors(tmp_path / "run", Expected("probe", "mlp", "last", [2], "tiny_random", 64))
     # the direction is the logistic probe's, at the mean difference's scale
     from safetensors.torch import load_file
 
@@ -126,7 +128,7 @@ def test_bad_probe_config_is_named(override, match):
 
 
 def test_too_few_items_for_the_folds_is_a_user_error(tmp_path):
-    from eas.contrasts import TooFewExamples
+    from eas.methods.base import TooFewExamples
 
     cfg = _cfg("benchmark=eas_facts", "max_sample_size=12", "experiment.folds=5")
     with pytest.raises(TooFewExamples, match="experiment.folds=5"):

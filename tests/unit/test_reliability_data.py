@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from eas import config as config_mod
+from eas.experiments.base import prepare
 from eas.config import BenchmarkConfig, ConfigError
 from eas.data import DataError, load_benchmark, split_items
 
@@ -33,9 +34,9 @@ TRUTHFULQA_JSON = SAMPLES / "truthfulqa" / "mc_task.json"
 OPENBOOKQA_JSONL = SAMPLES / "openbookqa" / "test.jsonl"
 
 
-def cfg(loader: str, path: Path, duplicates: str = "drop", **options) -> BenchmarkConfig:
+def cfg(fmt: str, path: Path, duplicates: str = "drop", **options) -> BenchmarkConfig:
     return BenchmarkConfig(
-        name="t", loader=loader, path=str(path), options=options, duplicates=duplicates
+        name="t", format=fmt, path=str(path), options=options, duplicates=duplicates
     )
 
 
@@ -93,27 +94,27 @@ def test_duplicates_value_is_checked(tmp_path):
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         composed = compose("config", overrides=["benchmark.duplicates=keep"])
     with pytest.raises(ConfigError, match=r"benchmark.duplicates='keep'.*drop, error"):
-        config_mod.validate(composed)
+        prepare(composed)
 
 
 # --------------------------------------------------------------------------- 2. encodings
 
-# (loader, sample, options): one per text format; mmlu and ethics both read csv headers
+# (format, sample, options): one per text format; mmlu and ethics both read csv headers
 FORMATS = {
     "csv-mmlu": ("mmlu", MMLU_CSV, {}),
     "csv-ethics": ("ethics", ETHICS_CSV, {"subset": "commonsense"}),
     "json-truthfulqa": ("truthfulqa", TRUTHFULQA_JSON, {}),
-    "jsonl-openbookqa": ("openbookqa", OPENBOOKQA_JSONL, {}),
+    "jsonl-openbookqa": ("keyed_choices", OPENBOOKQA_JSONL, {}),
 }
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_utf8_bom_is_accepted(tmp_path, fmt):
-    loader, sample, options = FORMATS[fmt]
+    name, sample, options = FORMATS[fmt]
     path = tmp_path / sample.name
     path.write_bytes(codecs.BOM_UTF8 + sample.read_bytes())
-    with_bom = load_benchmark(cfg(loader, path, **options))
-    plain = load_benchmark(cfg(loader, sample, **options))
+    with_bom = load_benchmark(cfg(name, path, **options))
+    plain = load_benchmark(cfg(name, sample, **options))
     assert [(it.question, it.options, it.label) for it in with_bom.items] == [
         (it.question, it.options, it.label) for it in plain.items
     ]
@@ -122,7 +123,7 @@ def test_utf8_bom_is_accepted(tmp_path, fmt):
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("bom", [False, True], ids=["no-bom", "bom"])
 def test_non_utf8_byte_names_file_and_offset(tmp_path, fmt, bom):
-    loader, sample, options = FORMATS[fmt]
+    name, sample, options = FORMATS[fmt]
     data = sample.read_bytes()
     # a latin-1 "é" (0xe9 then ASCII is invalid UTF-8) mid-file, just before a line end
     at = data.index(b"\n", len(data) // 2) - 3
@@ -131,7 +132,7 @@ def test_non_utf8_byte_names_file_and_offset(tmp_path, fmt, bom):
     path = tmp_path / sample.name
     path.write_bytes(data)
     with pytest.raises(DataError) as e:
-        load_benchmark(cfg(loader, path, **options))
+        load_benchmark(cfg(name, path, **options))
     assert re.search(
         rf"benchmark file {re.escape(str(path))} is not UTF-8: invalid byte 0xe9 at offset "
         rf"{offset} \(line \d+\); re-save it as UTF-8",

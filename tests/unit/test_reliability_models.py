@@ -198,7 +198,7 @@ def test_unreachable_judge_endpoint_fails_before_the_model_loads(tmp_path):
     out = subprocess.run([sys.executable, "-m", "eas.cli", "experiment=cmaes", "model=tiny_random", "method=mean_diff",
                           "experiment.fitness=api_judge", f"experiment.judge.api_base={base}",
                           "experiment.judge.api_key_env=EAS_TEST_KEY", "progress=false"],
-                         capture_output=True, text=True, timeout=600, env=env)
+                         check=False, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 2, out.stderr[-2000:]
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("eas: error: experiment.judge.api_base=") and "no answer from" in last

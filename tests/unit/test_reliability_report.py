@@ -2,9 +2,10 @@
 
 1. merge runs whose setups differ (max_sample_size, prompt, ...) into one row: each setup is
    its own row, the table and the markdown name the fields that differ; identical runs
-   still dedupe;
-2. crash on a corrupt or column-less ``results.parquet``: the good runs are reported, the bad
-   ones listed with their reason (exit 0), or exit 2 when no run is usable;
+   still dedupe; the same holds for the probe and cmaes tables;
+2. crash on a corrupt or column-less ``results.parquet`` (or ``probe_results.parquet``): the
+   good runs are reported, the bad ones listed with their reason (exit 0), or exit 2 when no
+   run is usable;
 3. report p = 0 (or ~1e-16) from a paired test over seeds whose differences have zero
    variance: the p-value is NaN and the table says "undefined (zero variance)".
 
@@ -27,7 +28,7 @@ from hydra.core.global_hydra import GlobalHydra
 from eas import config as config_mod
 from eas import store
 from eas.cli import CONF_DIR
-from eas.jobs.steer import SteerJob
+from eas.experiments.steer import Steer
 from eas.report.cli import main
 
 FAST = ["model=tiny_random", "benchmark=eas_facts", "layer=[1,2]", "strength=[1.0,4.0]", "progress=false"]
@@ -43,9 +44,7 @@ def _cfg(store_root: Path, *overrides: str):
     config_mod.register()
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose("config", overrides=[*FAST, f"store.root={store_root}", *overrides])
-    config_mod.validate(cfg)
-    return cfg
+        return compose("config", overrides=[*FAST, f"store.root={store_root}", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {}
     for name, overrides in RUNS.items():
         out[name] = root / name
-        SteerJob(_cfg(root.parent / "store", *overrides), out[name]).run()
+        Steer(_cfg(root.parent / "store", *overrides), out[name]).run()
     return out
 
 
@@ -133,6 +132,53 @@ def test_setup_covers_every_field_that_changes_results(runs) -> None:
         assert changed(dotted, value) == base, dotted
 
 
+def _synthetic_run(run: Path, kind: str, max_sample_size: int) -> Path:
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps({"experiment": kind, "config": {
+        "experiment": {"name": kind}, "max_sample_size": max_sample_size}}))
+    return run
+
+
+def _probe_run(run: Path, seed: int, auroc: float, max_sample_size: int = 30) -> Path:
+    _synthetic_run(run, "probe", max_sample_size)
+    base = {"experiment": "probe", "model": "tiny", "benchmark": "eas_sycophancy", "target": "trait",
+            "steer_target": "residual", "pooling": "last", "layer": 4, "seed": seed}
+    rows = [{**base, "probe": "logreg", "auroc": auroc, "random_best": np.nan},
+            {**base, "probe": "mean_diff", "auroc": auroc - 0.05, "random_best": np.nan},
+            {**base, "probe": "random", "auroc": 0.55, "random_best": 0.6 + 0.01 * seed}]
+    store.write_parquet(run / "probe_results.parquet", pd.DataFrame(rows))
+    return run
+
+
+def test_probe_runs_of_two_setups_with_the_same_seeds_are_not_deduped(tmp_path) -> None:
+    for size in (30, 45):
+        for seed in (0, 1):
+            _probe_run(tmp_path / "multirun" / f"{size}-{seed}", seed, 0.8 + 0.02 * seed + size / 1000, size)
+    out = tmp_path / "report"
+    assert main([str(tmp_path / "multirun"), "--out", str(out)]) == 0
+    from eas.report.seeds import probe_seed_table
+
+    table = probe_seed_table(pd.read_parquet(out / "merged_probe_results.parquet"))
+    assert len(table) == 4 and (table["n_seeds"] == 2).all() and table["setup"].nunique() == 2
+    md = (out / "probe_table.md").read_text()
+    assert "## Setups" in md and "max_sample_size" in md and md.count("[setup ") == 4
+
+
+def test_cmaes_runs_of_two_setups_are_two_rows(tmp_path) -> None:
+    for size in (30, 45):
+        run = _synthetic_run(tmp_path / "multirun" / str(size), "cmaes", size)
+        acc = {"val": {"accuracy": 0.5}, "test": {"accuracy": 0.4}}
+        (run / "summary.json").write_text(json.dumps({
+            "experiment": "cmaes", "benchmark": "b", "model": "m", "method": "pasf", "layer": 3,
+            "fitness": "val_accuracy", "generations": 4, "extracted": acc, "refined": acc,
+            "cosine": {"refined_vs_extracted": 0.9}, "n": {"test": 10}}))
+    out = tmp_path / "report"
+    assert main([str(tmp_path / "multirun"), "--out", str(out)]) == 0
+    gap = pd.read_csv(out / "cmaes_gap.csv")
+    assert len(gap) == 2 and sorted(gap["setup.max_sample_size"]) == [30, 45]
+    assert "setup.max_sample_size" in (out / "cmaes_gap.md").read_text()
+
+
 # --------------------------------------------------------------------------- 2. bad results files
 
 
@@ -165,6 +211,22 @@ def test_only_bad_results_files_exit_2_naming_each(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert str(corrupt) in err and "cannot be read" in err
     assert str(columnless) in err and "lacks column" in err
+
+
+def test_a_corrupt_probe_results_file_is_listed_and_the_good_probe_runs_reported(tmp_path, capsys) -> None:
+    good = [_probe_run(tmp_path / "runs" / str(seed), seed, 0.8) for seed in (0, 1)]
+    corrupt = _synthetic_run(tmp_path / "runs" / "corrupt", "probe", 30)
+    (corrupt / "probe_results.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    out = tmp_path / "report"
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    merged = pd.read_parquet(out / "merged_probe_results.parquet")
+    assert set(merged["run_dir"]) == {str(g.resolve()) for g in good}
+    for text in (capsys.readouterr().out, (out / "probe_table.md").read_text(), (out / "skipped_runs.md").read_text()):
+        assert "Skipped runs" in text and str(corrupt.resolve()) in text and "cannot be read" in text
+    (good[0] / "probe_results.parquet").write_bytes(b"")
+    (good[1] / "probe_results.parquet").unlink()
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 2  # no usable probe run: exit 2
+    assert str(corrupt.resolve()) in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- 3. zero variance

@@ -104,12 +104,12 @@ def run_eas_in_process(monkeypatch, *argv: str) -> int:
     from hydra.core.global_hydra import GlobalHydra
 
     from eas import cli
-    from eas.core import sweep
+    from eas.core import engine
 
     def lost(*a, **k):
         raise RuntimeError("node lost")
 
-    monkeypatch.setattr(sweep, "sweep_mc", lost)
+    monkeypatch.setattr(engine, "sweep_mc", lost)
     monkeypatch.setattr(sys, "argv", ["eas", *argv, "model=tiny_random", "max_sample_size=40", "strength=[1]",
                                       "progress=false"])
     GlobalHydra.instance().clear()

@@ -16,11 +16,12 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from eas import config as config_mod
+from eas.experiments.base import prepare
 from eas import store
 from eas.cli import CONF_DIR
-from eas.core import score, sweep, tokens
+from eas.core import engine, score, tokens
 from eas.data.schema import MCItem
-from eas.jobs.steer import Scored
+from eas.experiments.base import Scored
 
 TEXTS = ["Question: what is the answer? A. yes B. no Answer:", "the of and to Answer:",
          "A B C D the answer is yes and no and true of the that it Answer:"]
@@ -38,7 +39,7 @@ def _compose(overrides: list[str], hydra_cfg: bool = False):
 def test_non_finite_or_absurd_strengths_fail_at_compose_time(bad):
     cfg = _compose([f"strength={bad}"])
     with pytest.raises(config_mod.ConfigError, match="strength"):
-        config_mod.validate(cfg)
+        prepare(cfg)
 
 
 def test_a_nan_cell_does_not_change_its_neighbours_scores(llama, tokenizer):
@@ -46,10 +47,10 @@ def test_a_nan_cell_does_not_change_its_neighbours_scores(llama, tokenizer):
     rows = tokens.encode(tokenizer, TEXTS)
     head = score.LetterHead(model, score.letter_token_ids(tokenizer, 4))
     v = torch.randn(64, generator=torch.Generator().manual_seed(0))
-    clean = sweep.Cell(1, 4.0, v)
-    poison = sweep.Cell(2, 1.0, torch.full((64,), float("nan")))
-    alone = sweep.sweep_mc(model, sites, rows, [4] * 3, head, "residual", [clean])
-    both = sweep.sweep_mc(model, sites, rows, [4] * 3, head, "residual", [poison, clean, clean])
+    clean = engine.Cell(1, 4.0, v)
+    poison = engine.Cell(2, 1.0, torch.full((64,), float("nan")))
+    alone = engine.sweep_mc(model, sites, rows, [4] * 3, head, "residual", [clean])
+    both = engine.sweep_mc(model, sites, rows, [4] * 3, head, "residual", [poison, clean, clean])
     assert torch.isnan(both[0]).all()
     torch.testing.assert_close(both[1], alone[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(both[2], alone[0], atol=1e-5, rtol=1e-5)
@@ -80,7 +81,7 @@ def test_an_all_nan_cell_is_failed_not_answer_a():
 def test_numeric_knobs_are_checked_at_compose_time(knob):
     cfg = _compose([knob])
     with pytest.raises(config_mod.ConfigError, match=knob.split("=")[0]):
-        config_mod.validate(cfg)
+        prepare(cfg)
 
 
 def test_engine_refuses_a_non_positive_cells_per_pass(llama, tokenizer):
@@ -88,8 +89,8 @@ def test_engine_refuses_a_non_positive_cells_per_pass(llama, tokenizer):
     head = score.LetterHead(model, score.letter_token_ids(tokenizer, 4))
     for bad in (0, -2):
         with pytest.raises(ValueError, match="cells_per_pass"):
-            sweep.sweep_mc(model, sites, tokens.encode(tokenizer, TEXTS), [4] * 3, head, "residual",
-                           [sweep.Cell(1, 1.0, torch.ones(64))], cells_per_pass=bad)
+            engine.sweep_mc(model, sites, tokens.encode(tokenizer, TEXTS), [4] * 3, head, "residual",
+                           [engine.Cell(1, 1.0, torch.ones(64))], cells_per_pass=bad)
 
 
 # -- 4: unique run folders ---------------------------------------------------------
@@ -173,12 +174,12 @@ def test_store_counts_hits_and_computed_records(tmp_path):
 def test_unknown_keys_are_rejected_even_with_plus(extra):
     cfg = _compose([extra])
     with pytest.raises(config_mod.ConfigError, match="unknown config key"):
-        config_mod.validate(cfg)
+        prepare(cfg)
 
 
 def test_dict_fields_still_take_any_key():
     cfg = _compose(["model=tiny_random", "+model.random_config.rope_theta=10000.0"])
-    config_mod.validate(cfg)
+    prepare(cfg)
 
 
 # -- 11 and 17 through the command line ---------------------------------------------------

@@ -53,7 +53,7 @@ def _correct(key: object, split: str, n_right: int) -> np.ndarray:
 
 
 def _cellname(layer: int, strength: float) -> str:
-    return f"L{layer}_s{float(strength):g}"  # as eas.jobs.steer.cell_name
+    return f"L{layer}_s{float(strength):g}"  # as eas.experiments.base.cell_name
 
 
 CORRECT = {
@@ -388,19 +388,20 @@ def test_cross_benchmark_table_columns(grid_dir: Path) -> None:
 # --------------------------------------------------------------------------- markdown
 
 
-def test_to_markdown_without_tabulate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "tabulate", None)  # importing it would now fail
-    df = pd.DataFrame(
-        {"name": ["a|b", "c"], "acc": [0.51234, np.nan], "n": [3, 12], "ok": [True, False]}
-    )
+def test_to_markdown_formats_cells_itself() -> None:
+    df = pd.DataFrame({
+        "name": ["a|b", "c"], "acc": [0.51234, np.nan], "n": pd.array([3, None], dtype="Int64"),
+        "ok": [True, False], "p": ["1.0e-03", "0.012"],
+    })
     lines = to_markdown(df).splitlines()
     assert len(lines) == 4
-    assert [c.strip() for c in lines[0].strip("|").split("|")] == ["name", "acc", "n", "ok"]
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == ["name", "acc", "n", "ok", "p"]
     rule = [c.strip() for c in lines[1].strip("|").split("|")]
-    assert rule[0].startswith("-") and not rule[0].endswith(":")
+    assert not rule[0].endswith(":") and not rule[3].endswith(":")  # text left-aligned
     assert rule[1].endswith(":") and rule[2].endswith(":")  # numbers right-aligned
     assert "a\\|b" in lines[2] and "0.512" in lines[2] and "yes" in lines[2]
-    assert "n/a" in lines[3] and "no" in lines[3]
+    assert "1.0e-03" in lines[2]  # text that looks like a number stays as written
+    assert lines[3].count("n/a") == 2 and "no" in lines[3]
     assert len({len(line) for line in lines}) == 1  # columns padded to one width
 
 
@@ -452,14 +453,13 @@ def test_test_bars_from_results_selection_and_summaries(
     assert _is_png(tmp_path / "missing.png")
 
 
-def test_wilson_interval_matches_the_formula() -> None:
-    low, high = report_figures.wilson_interval(15, 20)
-    z, p, n = 1.959963984540054, 0.75, 20
-    center = (p + z**2 / (2 * n)) / (1 + z**2 / n)
-    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
-    assert (low, high) == pytest.approx((center - half, center + half))
-    assert report_figures.wilson_interval(0, 10)[0] == 0.0
-    assert all(np.isnan(report_figures.wilson_interval(0, 0)))
+def test_test_bars_intervals_are_the_core_wilson_interval() -> None:
+    from eas.core.stats import wilson_interval
+
+    core = wilson_interval(15, 20)
+    assert report_figures._interval(0.75, 20) == (core.low, core.high)
+    assert all(np.isnan(report_figures._interval(np.nan, 20)))
+    assert all(np.isnan(report_figures._interval(0.5, 0)))
 
 
 # --------------------------------------------------------------------------- CLI
@@ -506,6 +506,65 @@ def test_cli_error_names_the_path(
     with pytest.raises(SystemExit) as exc:
         main([])
     assert exc.value.code == 2
+
+
+def _manifest(run: Path, kind: str, module: str | None = None, **config: object) -> None:
+    """A manifest as the platform writes it: the kind on top and in config.experiment."""
+    experiment = {"name": kind, **({"module": module} if module else {})}
+    (run / "manifest.json").write_text(json.dumps({"experiment": kind, "config": {"experiment": experiment,
+                                                                                   **config}}))
+
+
+def _summary_run(run: Path, kind: str, score: float, module: str | None = None, **config: object) -> Path:
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"experiment": kind, "best": {"layer": 3, "score": score}}))
+    _manifest(run, kind, module, **config)
+    return run
+
+
+def test_cli_reads_the_kind_from_the_manifest_and_calls_the_kinds_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "lab" / "toylab").mkdir(parents=True)
+    (tmp_path / "lab" / "toylab" / "__init__.py").write_text("")
+    (tmp_path / "lab" / "toylab" / "kind.py").write_text(
+        "import pandas as pd\n"
+        "def report(runs):\n"
+        "    return {'scores': pd.DataFrame({'run_dir': [str(r) for r in runs], 'n': [len(runs)] * len(runs)})}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "lab"))
+    a = _summary_run(tmp_path / "runs" / "0", "toy", 0.5, module="toylab.kind", max_sample_size=30)
+    b = _summary_run(tmp_path / "runs" / "1", "toy", 0.7, module="toylab.kind", max_sample_size=45)
+    pd.DataFrame({"x": [1]}).to_parquet(a / "results.parquet")  # the manifest wins over file names
+    out = tmp_path / "report"
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    scores = pd.read_csv(out / "toy_scores.csv")
+    assert sorted(scores["run_dir"]) == sorted(str(r.resolve()) for r in (a, b)) and set(scores["n"]) == {2}
+    assert scores["setup"].nunique() == 2 and sorted(scores["setup.max_sample_size"]) == [30, 45]
+    md = (out / "toy_table.md").read_text()
+    assert md.startswith("# eas report: experiment=toy") and "## scores" in md
+    assert "## scores" in capsys.readouterr().out
+    assert not (out / "summary_table.md").exists()  # not taken for a steering run
+
+
+def test_cli_reports_a_kind_without_report_one_row_per_run(tmp_path: Path) -> None:
+    for i in range(2):
+        _summary_run(tmp_path / "runs" / str(i), "lens", 0.1 * i)
+    out = tmp_path / "report"
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    rows = pd.read_csv(out / "lens_runs.csv")
+    assert len(rows) == 2 and list(rows["best.score"]) == [0.0, 0.1] and set(rows["best.layer"]) == {3}
+    assert "lens" in (out / "lens_table.md").read_text()
+
+
+def test_cli_tells_the_kind_of_a_run_without_a_manifest_config(grid_dir: Path, tmp_path: Path) -> None:
+    from eas.report.cli import find_runs, run_kind
+
+    assert json.loads((grid_dir / "manifest.json").read_text()) == {}  # an older run
+    assert run_kind(grid_dir) == ("steer", "steer")
+    assert find_runs([grid_dir.parent]) == {("steer", "steer"): [grid_dir.resolve()]}
+    _manifest(grid_dir, "probe")
+    assert run_kind(grid_dir) == ("probe", "probe")
 
 
 def _console_script() -> Path:

@@ -1,7 +1,7 @@
 """Tests for eas.core.stats: every function against scipy/statsmodels, plus properties.
 
-References are always computed here with scipy or statsmodels; no expected number is
-hard-coded. Comparisons that need statsmodels skip when it is not installed.
+References are always computed here with scipy or statsmodels (the formulas written out
+where a reference is a library call itself); no expected number is hard-coded.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 from scipy import stats as sps
+from statsmodels.stats import contingency_tables, multitest, proportion
 
 from eas.core import stats
 
@@ -32,14 +33,13 @@ AFTER = np.array([1] * 10 + [0, 0, 0] + [1] * 8 + [0] * 5, dtype=bool)
 
 
 def _statsmodels_mcnemar(before, after, exact):
-    contingency = pytest.importorskip("statsmodels.stats.contingency_tables")
     table = np.array(
         [
             [np.sum(before & after), np.sum(before & ~after)],
             [np.sum(~before & after), np.sum(~before & ~after)],
         ]
     )
-    return contingency.mcnemar(table, exact=exact, correction=True)
+    return contingency_tables.mcnemar(table, exact=exact, correction=True)
 
 
 # --------------------------------------------------------------------------- paired tests
@@ -59,14 +59,18 @@ def test_paired_ttest_matches_scipy(alternative):
     assert res.ci95[0] <= res.mean_diff <= res.ci95[1]
 
 
-def test_paired_ttest_zero_variance_is_defined():
-    same = stats.paired_ttest(A, A)
-    assert (same.statistic, same.p_value) == (0.0, 1.0)
-    base = np.arange(6.0)  # integers: the shift below is exact in floating point
-    shifted = stats.paired_ttest(base + 2.0, base)
-    assert shifted.statistic == np.inf and shifted.p_value == 0.0
-    assert shifted.ci95 == (2.0, 2.0)
-    assert stats.paired_ttest(base + 2.0, base, alternative="less").p_value == 1.0
+@pytest.mark.parametrize("alternative", ["two-sided", "greater", "less"])
+def test_paired_ttest_zero_variance_is_undefined(alternative):
+    base = np.arange(6.0)
+    for a, b in [(A, A), (base + 2.0, base), (np.array([0.4, 0.5]), np.array([0.3, 0.4]))]:
+        # no change; a constant shift (scipy: t = inf, p = 0); a shift equal up to rounding
+        res = stats.paired_ttest(a, b, alternative=alternative)
+        assert np.isnan(res.statistic) and np.isnan(res.p_value) and all(np.isnan(res.ci95))
+        assert res.mean_diff == pytest.approx(np.mean(a - b)) and res.df == a.size - 1
+        assert np.isnan(stats.cohens_d_paired(a, b))
+    # the smallest real spread of accuracies (1/n of items) is variance, not rounding
+    res = stats.paired_ttest([0.4, 0.5, 0.525], [0.3, 0.4, 0.4], alternative=alternative)
+    assert 0 < res.p_value < 1
 
 
 @pytest.mark.parametrize("alternative", ["two-sided", "greater", "less"])
@@ -117,7 +121,7 @@ def test_paired_functions_reject_bad_input(fn):
 def test_cohens_d_paired_is_t_over_sqrt_n():
     t = sps.ttest_rel(A, B).statistic
     assert stats.cohens_d_paired(A, B) == pytest.approx(t / np.sqrt(A.size), rel=1e-12)
-    assert stats.cohens_d_paired(A, A) == 0.0
+    assert np.isnan(stats.cohens_d_paired(A, A))  # zero variance, like t
 
 
 def test_cohens_d_independent_matches_pooled_t():
@@ -177,11 +181,24 @@ def test_accuracy_with_ci_matches_scipy_wilson():
 
 
 def test_accuracy_with_ci_matches_statsmodels():
-    proportion = pytest.importorskip("statsmodels.stats.proportion")
     correct = np.array([1, 0, 0, 1, 1, 0, 1, 1, 1, 0, 1])
     res = stats.accuracy_with_ci(correct)
     low, high = proportion.proportion_confint(correct.sum(), correct.size, 0.05, "wilson")
     assert (res.low, res.high) == pytest.approx((low, high), rel=1e-10)
+
+
+def test_wilson_interval_from_counts():
+    z, p, n = sps.norm.ppf(0.975), 0.75, 20
+    center = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+    res = stats.wilson_interval(15, 20)
+    assert (res.low, res.high, res.point) == pytest.approx((center - half, center + half, p), rel=1e-12)
+    assert res == stats.accuracy_with_ci(np.arange(20) < 15)
+    assert stats.wilson_interval(0, 10).low == 0.0 and stats.wilson_interval(10, 10).high == 1.0
+    with pytest.raises(ValueError, match=r"n must be a whole number >= 1; got 0"):
+        stats.wilson_interval(0, 0)
+    with pytest.raises(ValueError, match=r"n_correct .* \[0, n=10\]; got 11"):
+        stats.wilson_interval(11, 10)
 
 
 @pytest.mark.parametrize("method", ["percentile", "bca"])
@@ -282,7 +299,6 @@ def test_bootstrap_auroc_ci_properties():
 
 
 def test_holm_and_bh_match_statsmodels():
-    multitest = pytest.importorskip("statsmodels.stats.multitest")
     for p in (P_RAW, P_RAW[:1], np.array([0.5, 0.5, 0.5]), np.array([0.0, 1.0, 0.3])):
         np.testing.assert_allclose(
             stats.holm(p), multitest.multipletests(p, method="holm")[1], rtol=1e-12
@@ -290,6 +306,15 @@ def test_holm_and_bh_match_statsmodels():
         np.testing.assert_allclose(
             stats.benjamini_hochberg(p), multitest.multipletests(p, method="fdr_bh")[1], rtol=1e-12
         )
+
+
+def test_holm_matches_its_step_down_formula():
+    order = np.argsort(P_RAW, kind="stable")
+    m = P_RAW.size
+    stepped = np.minimum(np.maximum.accumulate((m - np.arange(m)) * P_RAW[order]), 1.0)
+    expected = np.empty(m)
+    expected[order] = stepped
+    np.testing.assert_allclose(stats.holm(P_RAW), expected, rtol=1e-15)
 
 
 def test_bh_matches_scipy():
@@ -342,6 +367,8 @@ def test_mcnemar_large_discordance_uses_chi_square():
     ref = _statsmodels_mcnemar(before, after, exact=False)
     assert res.statistic == pytest.approx(ref.statistic)
     assert res.p_value == pytest.approx(ref.pvalue, rel=1e-12)
+    chi2 = (abs(res.b - res.c) - 1) ** 2 / (res.b + res.c)  # continuity-corrected
+    assert res.statistic == pytest.approx(chi2) and res.p_value == pytest.approx(sps.chi2.sf(chi2, 1))
 
 
 def test_mcnemar_exact_matches_scipy_binomtest():

@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-pytest.importorskip("vastai", reason="the vastai SDK is not installed: pip install 'eas[vast]'")
+pytest.importorskip("vastai", reason="the vastai SDK is not installed (eas's extra `vast`): run `make vast`")
 
 from eas.vast import api, records
 from eas.vast.executor import VastExecutor, teardown_all
-from eas.vast.fake import FakeVast, offer
+from tests.vast_fake import FakeVast, offer
 
 KEY = "k-123"
 
@@ -162,3 +162,47 @@ def test_eas_vast_destroy_from_records(fake, tmp_path, capsys):
     assert fake.live() == [] and records.live_instances(root) == []
     assert records.read_job_state(root / "v1_0")["state"] == "NODE_FAIL"
     assert f"destroyed instance {iid}" in capsys.readouterr().out
+
+
+def test_a_busy_api_is_tried_again_but_renting_is_not(fake):
+    vast = api.client(fake.url)
+    fake.errors = [503, 429]
+    assert api.find_offer(vast, api.OfferSpec())["id"] == 101
+    assert len(fake.calls("POST", "/api/v0/bundles/")) == 3  # two busy answers, then the offers
+    fake.errors = [503]
+    with pytest.raises(api.VastError, match="create_instance failed"):
+        api.create(vast, offer(101), api.OfferSpec(), image="img", label="x")  # a retry could rent twice
+    assert len(fake.calls("PUT", "/api/v0/asks/")) == 1
+
+
+def test_rsync_is_tried_again_on_a_broken_link(monkeypatch):
+    from eas.vast import remote
+
+    codes = [255, 0]
+    monkeypatch.setattr(remote.subprocess, "run",
+                        lambda argv, **kw: type("Done", (), {"returncode": codes.pop(0)})())
+    assert remote.Remote("127.0.0.1", 1).rsync("a/", ":b/") == 0 and codes == []
+    codes[:] = [23]  # a real error (files missing): not tried again
+    assert remote.Remote("127.0.0.1", 1).rsync("a/", ":b/") == 23
+
+
+def test_eas_sweep_cancel_destroys_the_sweeps_instances(fake, tmp_path, capsys, monkeypatch):
+    import json
+
+    from eas.sweep import cli as sweep_cli
+
+    vast = api.client(fake.url)
+    spec = api.OfferSpec()
+    iid = api.create(vast, api.find_offer(vast, spec), spec, image="img", label="left")
+    d = tmp_path / "sweep"
+    root = d / ".submitit"
+    root.mkdir(parents=True)
+    records.log_instance(root, "created", iid, label="left")
+    records.set_job_state(root / "v1_0", "RUNNING")
+    (d / "sweep.json").write_text(json.dumps({"backend": "vast", "submitit_folder": str(root / "%j"), "jobs": [
+        {"num": 0, "overrides": ["layer=1"], "cells": [["layer=1"]], "job_id": "v1_0"}]}))
+    monkeypatch.setenv("VAST_URL", fake.url)  # the backend's client: the SDK's server, or VAST_URL
+    assert sweep_cli.main(["cancel", str(d)]) == 0
+    assert fake.live() == [] and records.read_job_state(root / "v1_0")["state"] == "NODE_FAIL"
+    assert f"destroyed instance {iid}" in capsys.readouterr().out
+    assert sweep_cli.main(["status", str(d)]) == 1  # the lost job is resumable

@@ -1,4 +1,4 @@
-"""The fast layer x strength engine, and the naive loop it must agree with.
+"""The fast engine (multiple choice, layer x strength), and the naive loop it must agree with.
 
 Steering only the last position cannot change the keys and values of earlier
 positions, so the prompt minus its last token is run once, unsteered, and its
@@ -13,6 +13,7 @@ is shared, never copied per cell.
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -22,17 +23,30 @@ from torch import Tensor
 
 from eas.core.intervene import add, steer
 from eas.core.score import LetterHead, letter_scores, mask_options
+from eas.core.sites import SiteMap
 from eas.core.tokens import TokenBatch, batches
-from eas.models import SiteMap
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One steered condition: add ``strength x vector`` at ``layer`` (the site is the sweep's)."""
+    """One steered condition: add ``strength x vector`` at ``layer``.
+
+    The site is not a cell's own: every cell of one ``sweep_mc`` call shares it.
+    """
 
     layer: int
     strength: float
     vector: Tensor  # [d_model]
+
+
+def _cache_name(model) -> str:
+    """The keyword that passes a key/value cache to the model, and the output field that returns it.
+
+    transformers renamed ``past_key_values`` to ``cache`` (the old name warns, then goes away);
+    the installed version's own signature says which one it takes, so both keep working.
+    """
+    params = inspect.signature(model.base_model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _fork(cache):
@@ -77,15 +91,18 @@ def _attention_mask_arg(model, prefix_mask: Tensor, q: int, dtype: torch.dtype):
 
 def _prefixes(model, token_rows, batch_size: int, pad: int, device) -> Iterator[tuple[TokenBatch, Tensor, object]]:
     """Per batch: the batch, its prefix mask ``[batch, pos - 1]`` and the prefix's key/value cache."""
+    name = _cache_name(model)
     for batch in batches(token_rows, batch_size, pad, device):
         if batch.input_ids.shape[1] < 2:
             raise ValueError("every prompt needs at least 2 tokens for the prefix cache")
-        cache = model.base_model(
+        out = model.base_model(
             input_ids=batch.input_ids[:, :-1],
             attention_mask=batch.attention_mask[:, :-1],
             position_ids=batch.position_ids[:, :-1],
             use_cache=True,
-        ).past_key_values
+        )
+        cache = getattr(out, name)
+        del out
         yield batch, batch.attention_mask[:, :-1], cache
         del cache  # before the next prefill, so one cache is alive at a time
 
@@ -142,6 +159,7 @@ def sweep_mc(
     if prefix is not None and prefix.n_items != len(token_rows):
         raise ValueError(f"prefix cache holds {prefix.n_items} items, token_rows has {len(token_rows)}")
     entries = prefix.entries if prefix is not None else _prefixes(model, token_rows, batch_size, pad, device)
+    cache_name = _cache_name(model)
 
     def run(batch: TokenBatch, prefix_mask: Tensor, cache, chunk: Sequence[Cell]) -> Tensor:
         q = len(chunk)
@@ -157,8 +175,8 @@ def sweep_mc(
                 input_ids=batch.input_ids[:, -1:].expand(-1, q),
                 attention_mask=_attention_mask_arg(model, prefix_mask, q, dtype),
                 position_ids=batch.position_ids[:, -1:].expand(-1, q),
-                past_key_values=_fork(cache),
                 use_cache=True,
+                **{cache_name: _fork(cache)},
             ).last_hidden_state  # [batch, q, d_model]
         return head(hidden).permute(1, 0, 2).cpu()  # [q, batch, n_letters]
 
@@ -207,44 +225,3 @@ def naive_sweep_mc(
         if progress:
             progress(1)
     return mask_options(out, n_options)
-
-
-def auto_batch_size(model, max_tokens: int = 512, cells_per_pass: int = 64, token_budget: int = 16384) -> int:
-    """A batch size that fits: 16 on CPU; on CUDA, from free memory and the prefix cache size.
-
-    Per item the engine holds a key/value cache of ``max_tokens`` positions and the prefill
-    activations; the estimate keeps both under half of the free memory. Batches are also
-    capped at ``token_budget`` tokens: measured on an H100 (8B, bf16), 64 x 200-token
-    batches ran at 45% of bf16 peak end to end, 232-row batches at 27%.
-    """
-    device = next(model.parameters()).device
-    if device.type != "cuda":
-        return 16
-    cfg = model.config
-    free, _ = torch.cuda.mem_get_info(device)
-    elem = next(model.parameters()).element_size()
-    d = getattr(cfg, "hidden_size", None) or cfg.n_embd
-    n_layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
-    heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or d // heads
-    inter = getattr(cfg, "intermediate_size", None) or 4 * d
-    kv = 2 * n_layers * kv_heads * head_dim * (max_tokens + cells_per_pass) * elem
-    act = max_tokens * (4 * d + 3 * inter) * elem + cells_per_pass * d * 4 * n_layers
-    per_item = kv + act
-    by_memory = int((free * 0.5) // per_item)
-    return int(max(1, min(256, by_memory, token_budget // max(1, max_tokens))))
-
-
-def retry_on_oom(fn, batch_size: int, log=None):
-    """Call ``fn(batch_size)``; on a CUDA out-of-memory error halve the batch and try again."""
-    while True:
-        try:
-            return fn(batch_size)
-        except torch.cuda.OutOfMemoryError:
-            if batch_size == 1:
-                raise
-            batch_size = max(1, batch_size // 2)
-            torch.cuda.empty_cache()
-            if log:
-                log(f"CUDA out of memory: retrying with batch_size={batch_size}")

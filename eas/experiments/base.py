@@ -1,53 +1,74 @@
-"""experiment=steer: the PAS protocol as one job.
+"""What every experiment kind shares, in the order a job uses it.
 
-1. load model and benchmark; split train/val/test by proportions and seed;
-2. score the unsteered model on every split;
-3. build one vector per (method, layer) from train activations at the site;
-4. score every (layer, strength) cell on val with the fast engine;
-5. pick the best cell by val accuracy, score it on test, report the change and flips.
+1. ``load``: the benchmark (read once), the seeded train/val/test split, the model, the
+   prompter and the letter head; ``base_key``: what decides every result besides the cell;
+2. ``unsteered``: the unsteered letter probabilities of every split, one store record per
+   split that every kind reuses;
+3. ``vectors``: one steering vector per layer from the method (extracted from train
+   activations, or read from files or the store) and ``activations``: capture at the site;
+4. ``score_cells``: (layer, strength) cells scored by the fast engine, each a
+   content-addressed store record written as soon as it is done;
+5. ``finish``: ``summary.json``, ``manifest.json`` and the headline printed at the end.
 
-Every scored cell, vector and activation set is a content-addressed record in
-the store, written as soon as it is done: a job that dies keeps them, and a
-re-run (or another job of the same sweep) recomputes nothing that is done.
+A job that dies keeps every record it wrote; a re-run (or another job of the same sweep)
+recomputes nothing that is done.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from tqdm.auto import tqdm
 
-from eas import contrasts, models, store
+from eas import config, extensions, models, store
 from eas.config import as_number_list
 from eas.core import capture as capture_mod
 from eas.core import score as score_mod
-from eas.core import sweep as sweep_mod
+from eas.core import engine
 from eas.core import tokens
 from eas.core import vectors as vectors_mod
 from eas.data import load_benchmark, split_items
 from eas.data.schema import DataError, MCItem
+from eas.methods import base as methods
 from eas.prompts import Prompter
+from eas.resources import auto_batch_size, retry_on_oom
 
 log = logging.getLogger("eas")
 SPLITS = ("train", "val", "test")
 
 
 @dataclass
+class Config:
+    """The fields every kind's ``experiment.*`` has; a kind's ``Config`` subclasses this."""
+
+    name: str = MISSING
+    module: str | None = None  # a dotted import path for a kind outside eas; None = eas.experiments.<name>
+
+
+@dataclass
 class Scored:
-    """Predictions of one cell on one split."""
+    """Predictions of one cell (or of the unsteered model) on one split.
+
+    Attributes:
+        probs: ``[item, n_letters]`` letter probabilities; kept for the unsteered record only.
+    """
 
     item_ids: list[str]
     labels: list[int]
     preds: list[int]
+    probs: list[list[float]] | None = None
 
     @property
     def correct(self) -> np.ndarray:
@@ -57,17 +78,28 @@ class Scored:
     def accuracy(self) -> float:
         return float(self.correct.mean()) if self.preds else float("nan")
 
+    @property
+    def confidence(self) -> np.ndarray:
+        """``[item]`` the largest letter probability (the model's own confidence)."""
+        return np.asarray([max(p) for p in self.probs])
+
     def as_dict(self) -> dict:
-        return {"item_ids": self.item_ids, "labels": self.labels, "preds": self.preds}
+        d = {"item_ids": self.item_ids, "labels": self.labels, "preds": self.preds}
+        return d if self.probs is None else {**d, "probs": self.probs}
 
     @staticmethod
-    def fits(items: list[MCItem]):
-        """A store-record check: the record scores exactly these items, one prediction each."""
+    def fits(items: list[MCItem], probs: bool = False):
+        """A store-record check: the record scores exactly these items, one prediction each
+        (and one probability per option when ``probs``)."""
         ids, labels = [it.id for it in items], [it.label for it in items]
 
         def check(rec: dict) -> bool:
-            return (rec["item_ids"] == ids and rec["labels"] == labels and len(rec["preds"]) == len(ids)
-                    and all(isinstance(p, int) and 0 <= p < len(it.options) for p, it in zip(rec["preds"], items)))
+            ok = (rec["item_ids"] == ids and rec["labels"] == labels and len(rec["preds"]) == len(ids)
+                  and all(isinstance(p, int) and 0 <= p < len(it.options) for p, it in zip(rec["preds"], items)))
+            if ok and probs:
+                ok = len(rec.get("probs") or []) == len(ids) and all(len(p) >= len(it.options)
+                                                                     for p, it in zip(rec["probs"], items))
+            return ok
         return check
 
 
@@ -79,11 +111,54 @@ def cell_name(layer: int, strength: float) -> str:
     return f"L{layer}_s{float(strength):g}"
 
 
-class SteerJob:
-    """Holds what one job loads once; the protocol's steps are its methods, run in order by ``run``."""
+def prepare(cfg: DictConfig) -> ModuleType:
+    """Check the whole config before anything loads and return the experiment kind's module.
+
+    ``eas.config.validate`` checks the schema's own fields; then ``cfg.experiment`` is typed
+    (in place) by its kind's ``Config``, the method's module is resolved, and the method's and
+    the kind's ``validate(cfg)`` run, if they define one.
+
+    Raises:
+        ConfigError: the first problem, naming the field, the value and what is allowed.
+    """
+    config.validate(cfg)
+    x = cfg.experiment
+    field_name = "experiment.module" if x.get("module") else "experiment.name"
+    try:
+        kind = extensions.load("experiment", x.get("module") or x.get("name"), field_name, needs=("Config", "run"))
+        method = methods.module(cfg.method)
+    except extensions.ExtensionError as e:
+        raise config.ConfigError(str(e)) from None
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(kind.Config), x)
+        OmegaConf.to_container(typed, throw_on_missing=True)
+    except ConfigKeyError as e:
+        known = ", ".join(f.name for f in dataclasses.fields(kind.Config))
+        raise config.ConfigError(f"unknown config key 'experiment.{e.full_key}': it is not a field of "
+                                 f"experiment={x.get('name')} ({kind.__name__}.Config); known here: {known}") from None
+    except OmegaConfBaseException as e:
+        where = f"experiment.{e.full_key}" if getattr(e, "full_key", None) else f"experiment={x.get('name')}"
+        raise config.ConfigError(f"{where}: {str(e).splitlines()[0]} (the fields of {kind.__name__}.Config, "
+                                 f"values in conf/experiment/{x.get('name')}.yaml)") from None
+    with open_dict(cfg):
+        cfg.experiment = typed
+    for part in (method, kind):
+        if hasattr(part, "validate"):
+            part.validate(cfg)
+    return kind
+
+
+def method_module(cfg: DictConfig):
+    """The module of the job's method (``eas.methods.base.module``)."""
+    return methods.module(cfg.method)
+
+
+class Experiment:
+    """Holds what one job loads once; a kind subclasses it and writes ``run``."""
 
     def __init__(self, cfg: DictConfig, out_dir: Path):
         self.cfg = cfg
+        self.x = cfg.experiment
         self.out = Path(out_dir)
         self.store = store.Store(cfg.store.root)
         self.layers = as_number_list("layer", cfg.layer, int)
@@ -91,7 +166,10 @@ class SteerJob:
         self.method = cfg.method.name
         self.site = cfg.steer_target.site
         self.position = cfg.method.position
+        self.seed = int(cfg.seed)
         self.progress = bool(cfg.progress)
+        self.vector_id: str | None = None  # set when vectors come from files or the store
+        self.t0 = time.perf_counter()
 
     # -- step 1 -----------------------------------------------------------
     def load(self) -> None:
@@ -115,7 +193,7 @@ class SteerJob:
         self.letter_ids = score_mod.letter_token_ids(self.lm.tokenizer, n_letters)
         self.head = score_mod.LetterHead(self.lm.model, self.letter_ids)
         self.pad = tokens.pad_id(self.lm.tokenizer)
-        self.batch_size = cfg.batch_size or sweep_mod.auto_batch_size(self.lm.model)
+        self.batch_size = cfg.batch_size or auto_batch_size(self.lm.model)
         # what decides every result of this job, besides the cell itself
         self.base_key = [
             self.lm.fingerprint, self.bench.fingerprint(),
@@ -123,7 +201,7 @@ class SteerJob:
             OmegaConf.to_container(cfg.prompt, resolve=True),
         ]
 
-    def _rows(self, texts: list[str], ids: list[str] | None = None) -> list[list[int]]:
+    def rows(self, texts: list[str], ids: list[str] | None = None) -> list[list[int]]:
         """Token ids of ``texts``; a text longer than the model's context is a DataError naming it,
         raised before any forward pass (positions past the context are not a result)."""
         rows = tokens.encode(self.lm.tokenizer, texts, self.prompter.add_special_tokens)
@@ -137,20 +215,24 @@ class SteerJob:
                                     f"shorten or drop it")
         return rows
 
-    def _mc_rows(self, items: list[MCItem]) -> list[list[int]]:
-        return self._rows([self.prompter.mc(it) for it in items], [it.id for it in items])
+    def mc_rows(self, items: list[MCItem]) -> list[list[int]]:
+        return self.rows([self.prompter.mc(it) for it in items], [it.id for it in items])
 
-    def _bar(self, total: int, desc: str):
+    def bar(self, total: int, desc: str):
         return tqdm(total=total, desc=desc, disable=not self.progress, leave=False)
+
+    def oom_safe(self, fn):
+        """``fn(batch_size)``, halving the batch size on CUDA out-of-memory."""
+        return retry_on_oom(fn, self.batch_size, log.warning)
 
     # -- step 2 -----------------------------------------------------------
     def unsteered_scores(self, items: list[MCItem], split: str) -> torch.Tensor:
-        """Unsteered letter scores ``[item, n_letters]`` of the scoring prompts (OOM-safe)."""
-        rows = self._mc_rows(items)
+        """Unsteered letter scores ``[item, n_letters]`` of the scoring prompts."""
+        rows = self.mc_rows(items)
         n_opts = [len(it.options) for it in items]
-        with self._bar(len(rows), f"unsteered {split}") as bar:
-            scores = sweep_mod.retry_on_oom(lambda bs: score_mod.score_mc(
-                self.lm.model, rows, n_opts, self.head, bs, self.pad, bar.update), self.batch_size, log.warning)
+        with self.bar(len(rows), f"unsteered {split}") as bar:
+            scores = self.oom_safe(lambda bs: score_mod.score_mc(
+                self.lm.model, rows, n_opts, self.head, bs, self.pad, bar.update))
         bad = score_mod.nonfinite_items(scores, n_opts)
         if bad.any():
             first = items[int(bad.nonzero()[0, 0])].id
@@ -161,15 +243,16 @@ class SteerJob:
         return scores
 
     def unsteered(self) -> dict[str, Scored]:
+        """Per split: the unsteered predictions and letter probabilities (one store record each)."""
         out = {}
         before = self.store.tally("cells")
         for split, items in self.splits.items():
             k = store.key("unsteered", self.base_key, split)
-            rec = self.store.get_json("cells", k, Scored.fits(items))
+            rec = self.store.get_json("cells", k, Scored.fits(items, probs=True))
             if rec is None:
                 scores = self.unsteered_scores(items, split)
-                rec = Scored([it.id for it in items], [it.label for it in items],
-                             scores.argmax(-1).tolist()).as_dict()
+                rec = Scored([it.id for it in items], [it.label for it in items], scores.argmax(-1).tolist(),
+                             torch.softmax(scores, -1).tolist()).as_dict()
                 self.store.put_json("cells", k, rec)
             out[split] = Scored(**rec)
             log.info("unsteered %s accuracy %.3f (n=%d)", split, out[split].accuracy, len(items))
@@ -178,36 +261,60 @@ class SteerJob:
         return out
 
     # -- step 3 -----------------------------------------------------------
+    def contrast(self, train: Scored) -> methods.Contrast:
+        """The method's train contrast, given the unsteered train predictions."""
+        m = method_module(self.cfg)
+        c = m.contrast(self.splits["train"], train.preds, self.prompter, seed=self.seed)
+        return methods.check_size(c, self.method, self.splits["train"], train.preds,
+                                  int(self.cfg.method.min_per_class))
+
     def vectors(self, train: Scored) -> dict[int, torch.Tensor]:
-        cfg = self.cfg
-        if self.method == "cmaes":  # refined by experiment=cmaes, not extracted here
-            from eas.jobs.cmaes import refined_vectors
-
-            return refined_vectors(self)
-        if self.method == "probe" and cfg.method.get("vector_path"):  # a trained probe (experiment=probe)
-            from eas.jobs.probe import probe_vectors
-
-            return probe_vectors(self)
+        """``{layer: [d_model]}``: from ``method.vector_path``, from the store for a method whose
+        vectors another experiment made, else extracted from train activations (store-cached)."""
+        cfg, m = self.cfg, method_module(self.cfg)
+        want = methods.Expected(self.method, self.site, self.position, self.layers, self.lm.name,
+                                int(self.lm.model.config.hidden_size))
+        if cfg.method.get("vector_path") or not methods.is_extracted(m):
+            vecs = self.given_vectors(m, want)
+            self.vector_id = methods.vector_id(vecs)
+            return vecs
         vkeys = {L: store.key("vector", self.base_key, self.method, self.position, self.site, L,
                               cfg.method.normalize, cfg.method.min_per_class) for L in self.layers}
         cached = {L: self.store.get_tensors("vectors", k) for L, k in vkeys.items()}
         if all(v is not None for v in cached.values()):
             log.info("vectors: %d from the store, 0 computed", len(cached))
             return {L: v["vector"] for L, v in cached.items()}
-        contrast = contrasts.build(self.method, self.splits["train"], train.preds, self.prompter,
-                                   seed=cfg.seed, min_per_class=cfg.method.min_per_class)
+        contrast = self.contrast(train)
         log.info("%s contrast: %d positives, %d negatives", self.method,
                  len(contrast.positives), len(contrast.negatives))
         acts = self.activations(contrast.texts)  # one pass over both sides: fewer, fuller batches
         n_pos = len(contrast.positives)
         out = {}
         for L in self.layers:
-            v = vectors_mod.build_vector(self.method, acts[L][:n_pos], acts[L][n_pos:], seed=cfg.seed)
+            v = m.aggregate(acts[L][:n_pos], acts[L][n_pos:], seed=self.seed)
             if cfg.method.normalize:
                 v = vectors_mod.normalize(v)
             self.store.put_tensors("vectors", vkeys[L], {"vector": v})
             out[L] = v
         log.info("vectors: 0 from the store, %d computed", len(out))
+        return out
+
+    def given_vectors(self, m, want: methods.Expected) -> dict[int, torch.Tensor]:
+        """Vectors not extracted here: ``method.vector_path``, else the store (``m.stored_key``)."""
+        path = self.cfg.method.get("vector_path")
+        if path:
+            return methods.read_vectors(path, want)
+        out = {}
+        for L in self.layers:
+            rec = self.store.get_tensors("vectors", m.stored_key(self.base_key, self.cfg.method, self.site, L))
+            if rec is not None:
+                methods.check_width(rec["vector"], want.d_model, f"the store's {self.method} vector at layer {L}")
+                out[L] = rec["vector"].float()
+        missing = [L for L in self.layers if L not in out]
+        if missing:
+            hint = getattr(m, "MISSING", "").format(source=self.cfg.method.get("source"), layer=missing[0])
+            raise methods.VectorError(f"method={self.method}: no vector for layer={missing} in the store "
+                                      f"({self.store.root}; has layers {sorted(out)}). {hint}")
         return out
 
     def activations(self, texts: list[str]) -> dict[int, torch.Tensor]:
@@ -222,16 +329,16 @@ class SteerJob:
         shards = []
         todo = [texts[i:i + size] for i in range(0, len(texts), size)]
         before = self.store.tally("activations")
-        with self._bar(len(texts), "capture") as bar:
+        with self.bar(len(texts), "capture") as bar:
             for part in todo:
                 k = store.key("acts", self.lm.fingerprint, part, self.prompter.add_special_tokens, self.site,
                               self.position)
                 acts = self.store.get_tensors("activations", k)
                 if acts is None:
-                    rows = self._rows(part)
-                    got = sweep_mod.retry_on_oom(lambda bs, rows=rows: capture_mod.capture(
+                    rows = self.rows(part)
+                    got = self.oom_safe(lambda bs, rows=rows: capture_mod.capture(
                         self.lm.model, self.lm.sites, rows, list(range(self.lm.sites.n_layers)), self.site,
-                        (self.position,), bs, self.pad, bar.update), self.batch_size, log.warning)
+                        (self.position,), bs, self.pad, bar.update))
                     acts = {"acts": got[self.position]}
                     self.store.put_tensors("activations", k, acts)
                 else:
@@ -242,10 +349,10 @@ class SteerJob:
         stacked = torch.cat(shards, dim=1)  # [requested layer, text, d_model]
         return {L: stacked[j] for j, L in enumerate(self.layers)}
 
-    # -- step 4 and 5 -----------------------------------------------------
+    # -- step 4 -----------------------------------------------------------
     def cell_key(self, layer: int, strength: float, split: str) -> str:
         c = self.cfg.method
-        vector_id = [self.vector_id] if getattr(self, "vector_id", None) else []  # method=cmaes: which vector
+        vector_id = [self.vector_id] if self.vector_id else []  # vectors from files or the store: which ones
         return store.key("cell", self.base_key, self.method, self.position, self.site, c.normalize,
                          c.min_per_class, layer, float(strength), split, *vector_id)
 
@@ -266,14 +373,14 @@ class SteerJob:
         log.info("%s cells: %d from the store, %d to compute", split, len(out), len(todo))
         if not todo:
             return out
-        rows = self._mc_rows(items)
+        rows = self.mc_rows(items)
         n_opts = [len(it.options) for it in items]
         chunk = max(1, int(self.cfg.get("cells_per_chunk", 256)))
-        with self._bar(len(todo) * len(items), f"sweep {split} ({len(todo)} cells)") as bar:
+        with self.bar(len(todo) * len(items), f"sweep {split} ({len(todo)} cells)") as bar:
             for start in range(0, len(todo), chunk):
                 part = todo[start:start + chunk]
                 try:
-                    scores = self._sweep(rows, n_opts, [sweep_mod.Cell(L, s, vecs[L]) for L, s in part],
+                    scores = self.steered_scores(rows, n_opts, [engine.Cell(L, s, vecs[L]) for L, s in part],
                                          lambda n, k=len(part): bar.update(n * k))  # noqa: B008 - binds this chunk's size
                 except Exception as e:
                     if isinstance(e, KeyboardInterrupt):
@@ -297,11 +404,11 @@ class SteerJob:
                     out[(L, s)] = sc
         return out
 
-    def _sweep(self, rows, n_opts, cells, progress) -> torch.Tensor:
-        return sweep_mod.retry_on_oom(lambda bs: sweep_mod.sweep_mc(
+    def steered_scores(self, rows, n_opts, cells, progress) -> torch.Tensor:
+        """Letter scores ``[cell, item, n_letters]`` of steered cells from the fast engine."""
+        return self.oom_safe(lambda bs: engine.sweep_mc(
             self.lm.model, self.lm.sites, rows, n_opts, self.head, self.site, cells, batch_size=bs,
-            cells_per_pass=int(self.cfg.cells_per_pass), pad=self.pad, progress=progress),
-            self.batch_size, log.warning)
+            cells_per_pass=int(self.cfg.cells_per_pass), pad=self.pad, progress=progress))
 
     @staticmethod
     def select(val: dict[tuple[int, float], Scored]) -> tuple[int, float] | None:
@@ -310,94 +417,46 @@ class SteerJob:
             return None
         return max(val, key=lambda c: (val[c].accuracy, -abs(c[1]), -c[0]))
 
-    # -- the job ----------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        self.load()
-        base = self.unsteered()
-        vecs = self.vectors(base["train"])
-        failed: dict[str, str] = {}
-        grid = [(L, s) for L in self.layers for s in self.strengths]
-        val = self.score_cells(grid, "val", vecs, failed)
-        best = self.select(val)
-        test = self.score_cells([best], "test", vecs, failed) if best else {}
-        summary = self.write(base, vecs, val, best, test.get(best) if best else None, failed,
-                             time.perf_counter() - t0)
-        return summary
+    # -- step 5 -----------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        """The columns every output row of this job carries."""
+        return {"experiment": self.x.name, "model": self.lm.name, "benchmark": self.bench.name,
+                "steer_target": self.site, "position": self.position, "seed": self.seed}
 
-    def write(self, base, vecs, val, best, best_test, failed, seconds) -> dict[str, Any]:
-        cfg = self.cfg
-        meta = {"experiment": "steer", "model": self.lm.name, "benchmark": self.bench.name,
-                "steer_target": self.site, "position": self.position, "seed": int(cfg.seed)}
-        rows = []
-        for split, sc in base.items():
-            rows.append({**meta, "method": "unsteered", "layer": -1, "strength": 0.0, "split": split,
-                         "accuracy": sc.accuracy, "n": len(sc.preds), "n_correct": int(sc.correct.sum()),
-                         "vector_norm": float("nan"), "cell": "unsteered", "selected": False})
-        scored = [("val", c, sc) for c, sc in val.items()]
-        if best_test is not None:
-            scored.append(("test", best, best_test))
-        for split, (L, s), sc in scored:
-            rows.append({**meta, "method": self.method, "layer": L, "strength": s, "split": split,
-                         "accuracy": sc.accuracy, "n": len(sc.preds), "n_correct": int(sc.correct.sum()),
-                         "vector_norm": float(vecs[L].norm()), "cell": f"{self.method}/{cell_name(L, s)}",
-                         "selected": (L, s) == best})
-        df = pd.DataFrame(rows)
-        store.write_parquet(self.out / "results.parquet", df)
-
-        pred_dir = self.out / "predictions" / self.method
-        self._write_predictions(self.out / "predictions" / "unsteered.csv", base)
-        for (L, s), sc in val.items():
-            both = {"val": sc}
-            if best_test is not None and (L, s) == best:
-                both["test"] = best_test
-            self._write_predictions(pred_dir / f"{cell_name(L, s)}.csv", both)
+    def write_vectors(self, vecs: dict[int, torch.Tensor], prefix: str | None = None,
+                      extra: dict[int, dict[str, torch.Tensor]] | None = None, **meta: str) -> None:
+        """``vectors/<prefix>_<site>_L<layer>.safetensors``, with the metadata ``read_vectors`` checks."""
+        prefix = prefix or self.method
         for L, v in vecs.items():
-            store.write_tensors(self.out / "vectors" / f"{self.method}_{self.site}_L{L}.safetensors",
-                                {"vector": v}, {"method": self.method, "site": self.site, "layer": str(L),
-                                                "position": self.position, "model": self.lm.name})
+            store.write_tensors(self.out / "vectors" / f"{prefix}_{self.site}_L{L}.safetensors",
+                                {"vector": v, **(extra or {}).get(L, {})},
+                                {"method": prefix, "site": self.site, "layer": str(L), "position": self.position,
+                                 "model": self.lm.name, "model_fingerprint": self.lm.fingerprint, **meta})
 
-        test_block = None
-        if best_test is not None:
-            u = base["test"].correct
-            a = best_test.correct
-            test_block = {"accuracy": best_test.accuracy, "unsteered_accuracy": base["test"].accuracy,
-                          "delta": best_test.accuracy - base["test"].accuracy, "n": len(a),
-                          "wrong_to_right": int((~u & a).sum()), "right_to_wrong": int((u & ~a).sum())}
-        summary = {
-            **meta, "method": self.method,
-            "unsteered": {k: v.accuracy for k, v in base.items()},
-            "best": None if best is None else {"cell": f"{self.method}/{cell_name(*best)}", "layer": best[0],
-                                               "strength": best[1], "val_accuracy": val[best].accuracy},
-            "test": test_block,
-            "failed_cells": [{"cell": c, "error": tb} for c, tb in failed.items()],
-            "seconds": seconds,
-        }
+    @staticmethod
+    def write_predictions(path: Path, by_split: dict[str, Scored]) -> None:
+        frames = [pd.DataFrame({"item_id": sc.item_ids, "split": split, "label": sc.labels, "pred": sc.preds,
+                                "correct": sc.correct}) for split, sc in by_split.items()]
+        store.write_csv(path, pd.concat(frames, ignore_index=True))
+
+    def finish(self, summary: dict[str, Any], headline: list[str]) -> dict[str, Any]:
+        """Write ``summary.json`` and ``manifest.json`` and print the headline; returns ``summary``."""
+        seconds = time.perf_counter() - self.t0
+        summary = {**summary, "seconds": seconds}
         store.write_json(self.out / "summary.json", summary)
-        self.write_manifest(seconds)
-        try:
-            from eas.report.figures import write_run_figures
-
-            write_run_figures(self.out)
-        except Exception as e:  # noqa: BLE001 - figures never cost the results
-            log.warning("figures not written: %s", e)
-        return summary
-
-    def write_manifest(self, seconds: float) -> None:
-        """``manifest.json``: config, git commit, versions, model and data fingerprints, device, seconds."""
         store.write_json(self.out / "manifest.json", {
+            "experiment": self.x.name,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "git_commit": store.git_commit(), "versions": store.versions(),
             "model_fingerprint": self.lm.fingerprint, "data_fingerprint": self.bench.fingerprint(),
             "data_source": self.bench.source, "device": str(self.lm.device), "seconds": seconds,
         })
+        print("\n".join([*headline, f"  results: {self.out}"]), flush=True)
+        return summary
 
-    @staticmethod
-    def _write_predictions(path: Path, by_split: dict[str, Scored]) -> None:
-        frames = [pd.DataFrame({"item_id": sc.item_ids, "split": split, "label": sc.labels, "pred": sc.preds,
-                                "correct": sc.correct}) for split, sc in by_split.items()]
-        store.write_csv(path, pd.concat(frames, ignore_index=True))
-
-
-def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    return SteerJob(cfg, out_dir).run()
+    def figures(self, write, *args) -> None:
+        """``write(*args)``; a figure that fails is a warning, never a lost result."""
+        try:
+            write(*args)
+        except Exception as e:  # noqa: BLE001 - figures never cost the results
+            log.warning("figures not written: %s", e)

@@ -1,6 +1,6 @@
 """experiment=cmaes: how far is an extracted steering vector from the best one nearby?
 
-1. the steer job's steps 1-4 (``SteerJob``: load, unsteered scores, extracted vectors, the
+1. the base's steps 1-4 (``Experiment``: load, unsteered scores, extracted vectors, the
    layer x strength grid on val); the best extracted cell on val is the start;
 2. the search space: the top ``k`` principal components, at that layer, of the train
    activations the vector was extracted from (the contrast's positives and negatives), plus
@@ -15,9 +15,9 @@
    and the refined vector are scored on val and on test;
 5. write ``cmaes_history.parquet``, ``components.csv``, ``vectors/``, the fitness curve,
    ``summary.json`` and ``manifest.json``; the refined vector also goes to the store,
-   where ``method=cmaes`` (``refined_vectors``) finds it.
+   where ``method=cmaes`` (``eas.methods.cmaes``) finds it.
 
-Fan-out (``experiment.fanout.workers=N``, ``eas.jobs.fanout``): step 3's fitness calls go to
+Fan-out (``experiment.fanout.workers=N``, ``eas.fanout``): step 3's fitness calls go to
 one submitit array of ``N`` long-lived workers (``cluster=local`` or ``slurm``, each with the
 ``resources`` group's cpus, GPUs, memory and time). Each worker rebuilds this job's state from
 its resolved config (``<run dir>/fanout/config.yaml``), loads the model once and builds the same
@@ -32,32 +32,97 @@ checkpointed, so re-running resumes.
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import partial
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from eas import contrasts, models, store
-from eas.config import ConfigError, EasConfig, ModelConfig
+from eas import fanout, models, store
+from eas.config import ConfigError, EasConfig, ModelConfig, choice
 from eas.core import cmaes, tokens
 from eas.core import judge as judge_mod
-from eas.core import sweep as sweep_mod
+from eas.core import engine
 from eas.data.schema import MCItem
-from eas.jobs import fanout
-from eas.jobs.steer import SteerJob
+from eas.experiments.base import Config as BaseConfig
+from eas.experiments.base import Experiment, method_module
+from eas.methods import cmaes as refined_method
 
 log = logging.getLogger("eas")
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+FITNESS_NAMES = ("val_accuracy", "behaviour_logprob", "judge", "api_judge")
+FANOUT_CLUSTERS = ("local", "slurm")  # submitit executors for experiment.fanout
+
+
+@dataclass
+class JudgeConfig:
+    # fitness=judge (local model) or api_judge (OpenAI-compatible endpoint)
+    model: str = MISSING  # "same" = the steered model, unsteered; else a conf/model preset name
+    rubric: str = MISSING
+    n_prompts: int = MISSING  # val items whose prompts are continued and judged
+    max_new_tokens: int = MISSING
+    api_model: str = MISSING
+    api_base: str = MISSING
+    api_key_env: str = MISSING
+
+
+@dataclass
+class FanoutConfig:
+    # evaluate each generation on a submitit array of long-lived workers
+    workers: int = MISSING  # 0 = in-process; N = one array of N tasks, each keeping the model loaded
+    cluster: str = MISSING  # local (subprocesses on this machine) | slurm
+    poll_s: float = MISSING  # seconds between two looks at the file queue (coordinator and workers)
+    start_timeout_s: float = MISSING  # every worker must be serving within this (queue wait + model load)
+    slurm_parameters: dict[str, Any] = MISSING  # extra submitit slurm_* (account, qos, setup)
+
+
+@dataclass
+class Config(BaseConfig):
+    """The types of ``experiment.*``; the values are in ``conf/experiment/cmaes.yaml``."""
+
+    k: int = MISSING  # principal components of the layer's train (contrast) activations spanning the search
+    popsize: int = MISSING
+    sigma0: float = MISSING  # first step, relative to the start vector's norm
+    generations: int = MISSING
+    fitness: str = MISSING  # val_accuracy | behaviour_logprob | judge | api_judge
+    tiebreak: bool = MISSING  # val_accuracy: break accuracy ties by mean p(correct letter)
+    optimize_strength: bool = MISSING  # add log-strength as a search coordinate
+    judge: JudgeConfig = MISSING
+    fanout: FanoutConfig = MISSING  # workers: resources group
+
+
+def validate(cfg: DictConfig) -> None:
+    x = cfg.experiment
+    if not hasattr(method_module(cfg), "contrast"):
+        raise ConfigError(f"method={cfg.method.name} with experiment=cmaes: the experiment refines an extracted "
+                          f"vector; pick how it is extracted, e.g. method=pasf or method=mean_diff")
+    choice("experiment.fitness", x.fitness, FITNESS_NAMES)
+    for name, low in (("k", 1), ("popsize", 2), ("generations", 1)):
+        if x[name] < low:
+            raise ConfigError(f"experiment.{name}={x[name]}: must be >= {low}")
+    if not x.sigma0 > 0:
+        raise ConfigError(f"experiment.sigma0={x.sigma0}: must be > 0 (relative to the start vector's norm)")
+    if x.fitness in ("judge", "api_judge"):
+        for name in ("n_prompts", "max_new_tokens"):
+            if x.judge[name] < 1:
+                raise ConfigError(f"experiment.judge.{name}={x.judge[name]}: must be >= 1")
+    f = x.fanout
+    if f.workers < 0:
+        raise ConfigError(f"experiment.fanout.workers={f.workers}: must be >= 0 (0 evaluates in-process)")
+    choice("experiment.fanout.cluster", f.cluster, FANOUT_CLUSTERS)
+    for name in ("poll_s", "start_timeout_s"):
+        if not f[name] > 0:
+            raise ConfigError(f"experiment.fanout.{name}={f[name]}: must be > 0 (seconds)")
 
 
 # -- fitness plugins (experiment.fitness): (job, layer, split) -> fitness over deltas ------
@@ -89,31 +154,22 @@ FITNESSES: dict[str, Callable[[Any, int, str], cmaes.Fitness]] = {
 }
 
 
-class CmaesJob:
-    """One refinement: the steer job's loaded state, plus the search and its checkpoints."""
+class CmaesJob(Experiment):
+    """One refinement: the base's loaded state, plus the search and its checkpoints."""
 
     def __init__(self, cfg: DictConfig, out_dir: Path):
-        self.cfg = cfg
-        self.x = cfg.experiment
-        self.out = Path(out_dir)
-        self.steer = SteerJob(cfg, out_dir)
-        self.store = self.steer.store
+        super().__init__(cfg, out_dir)
         self._judges: dict[str, Any] = {}
-        self._prefixes: dict[str, tuple[list[list[int]], sweep_mod.PrefixCache]] = {}
+        self._prefixes: dict[str, tuple[list[list[int]], engine.PrefixCache]] = {}
         self.fanout_start_seconds: float | None = None
 
     # -- data and fitness ---------------------------------------------------
-    def rows(self, texts: list[str]) -> list[list[int]]:
-        s = self.steer
-        return tokens.encode(s.lm.tokenizer, texts, s.prompter.add_special_tokens)
-
     def mc_fitness(self, layer: int, split: str, metric) -> cmaes.Fitness:
-        s = self.steer
+        s = self
         items = s.splits[split]
         if split not in self._prefixes:  # the items' prefill, once per split for every call
-            rows = self.rows([s.prompter.mc(it) for it in items])
-            prefix = sweep_mod.retry_on_oom(lambda bs: sweep_mod.prefix_cache(s.lm.model, rows, bs, s.pad),
-                                            s.batch_size, log.warning)
+            rows = self.mc_rows(items)
+            prefix = self.oom_safe(lambda bs: engine.prefix_cache(s.lm.model, rows, bs, s.pad))
             self._prefixes[split] = (rows, prefix)
         rows, prefix = self._prefixes[split]
         return cmaes.mc_fitness(s.lm.model, s.lm.sites, rows, [len(it.options) for it in items],
@@ -122,9 +178,9 @@ class CmaesJob:
                                 cells_per_pass=int(self.cfg.cells_per_pass), pad=s.pad)
 
     def judge_fitness(self, layer: int, split: str, judge_fn) -> cmaes.Fitness:
-        s, j = self.steer, self.x.judge
+        s, j = self, self.x.judge
         items = s.splits[split][: int(j.n_prompts)]
-        rows = self.rows([s.prompter.mc(it) for it in items])
+        rows = self.mc_rows(items)
         tok = s.lm.tokenizer
 
         def generate(deltas: torch.Tensor) -> list[list[str]]:
@@ -138,7 +194,7 @@ class CmaesJob:
         from eas.judges import LocalJudge
 
         if "local" not in self._judges:
-            j, s = self.x.judge, self.steer
+            j, s = self.x.judge, self
             spec = self.judge_model_spec()
             if spec is None:
                 model, tok = s.lm.model, s.lm.tokenizer
@@ -172,7 +228,7 @@ class CmaesJob:
     def run_key(self, layer: int, strength0: float) -> str:
         """What decides the search: the steer job's setup, the start cell, the optimiser, the fitness
         (not ``generations``: a longer run continues a shorter one)."""
-        x, s, c = self.x, self.steer, self.cfg
+        x, s, c = self.x, self, self.cfg
         fit: list[Any] = [x.fitness]
         if x.fitness == "val_accuracy":
             fit.append(bool(x.tiebreak))
@@ -197,8 +253,7 @@ class CmaesJob:
 
     # -- the job ---------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        cfg, x, job = self.cfg, self.x, self.steer
+        cfg, x, job = self.cfg, self.x, self
         if x.fitness == "api_judge":  # no key, or nothing answers at api_base: fail before loading the model
             from eas.judges import probe_endpoint
 
@@ -222,8 +277,7 @@ class CmaesJob:
                  val_grid[start].accuracy)
 
         # the activations the vector was extracted from (store hits: vectors() captured them)
-        contrast = contrasts.build(job.method, job.splits["train"], base["train"].preds, job.prompter,
-                                   seed=cfg.seed, min_per_class=cfg.method.min_per_class)
+        contrast = self.contrast(base["train"])
         train_acts = job.activations(contrast.texts)[layer]
         space = cmaes.Space.from_activations(train_acts, vecs[layer], int(x.k), strength0,
                                              bool(x.optimize_strength))
@@ -267,8 +321,7 @@ class CmaesJob:
         cells = {"extracted": (vecs[layer], strength0), "start": (space.project(vecs[layer]), strength0),
                  "refined": (refined, strength)}
         scored = {split: self.evaluate(layer, split, cells) for split in ("val", "test")}
-        return self.write(base, failed, layer, strength0, space, cells, scored, history, stop, resumed_from,
-                          time.perf_counter() - t0)
+        return self.write(base, failed, layer, strength0, space, cells, scored, history, stop, resumed_from)
 
     @contextmanager
     def search_fitness(self, layer: int, space: cmaes.Space, searching: bool
@@ -287,7 +340,7 @@ class CmaesJob:
         folder = self.out / "fanout"
         cfg_path = store.write_text(folder / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
         build = partial(worker_fitness, str(cfg_path.resolve()), os.getcwd(), layer,
-                        store.key(self.steer.base_key))
+                        store.key(self.base_key))
         with fanout.Fanout(folder, int(f.workers), build, f.cluster, OmegaConf.to_container(self.cfg.resources),
                            float(f.poll_s), float(f.start_timeout_s),
                            OmegaConf.to_container(f.slurm_parameters, resolve=True)) as fan:
@@ -296,7 +349,7 @@ class CmaesJob:
 
     def evaluate(self, layer: int, split: str, cells: dict[str, tuple[torch.Tensor, float]]) -> dict[str, dict]:
         """Accuracy and fitness of each named (vector, strength) on a split."""
-        s = self.steer
+        s = self
         items = s.splits[split]
         deltas = torch.stack([st * v for v, st in cells.values()])
         fit = FITNESSES[self.x.fitness](self, layer, split)(deltas)
@@ -305,9 +358,9 @@ class CmaesJob:
                 for i, name in enumerate(cells)}
 
     # -- outputs -------------------------------------------------------------------
-    def write(self, base, failed, layer, strength0, space, cells, scored, history, stop, resumed_from,
-              seconds) -> dict[str, Any]:
-        cfg, x, s = self.cfg, self.x, self.steer
+    def write(self, base, failed, layer, strength0, space, cells, scored, history, stop, resumed_from
+              ) -> dict[str, Any]:
+        cfg, x, s = self.cfg, self.x, self
         hist = pd.DataFrame(history)
         store.write_parquet(self.out / "cmaes_history.parquet", hist)
 
@@ -318,16 +371,12 @@ class CmaesJob:
         comp = comp.reindex(comp["delta"].abs().sort_values(ascending=False).index)
         store.write_csv(self.out / "components.csv", comp)
 
-        meta = {"experiment": "cmaes", "model": s.lm.name, "benchmark": s.bench.name, "steer_target": s.site,
-                "position": s.position, "seed": int(cfg.seed), "method": s.method, "fitness": x.fitness}
-        vec_meta = {"method": "cmaes", "source_method": s.method, "site": s.site, "layer": str(layer),
-                    "position": s.position, "strength": repr(cells["refined"][1]), "model": s.lm.name,
-                    "fitness": x.fitness}
-        store.write_tensors(self.out / "vectors" / f"cmaes_{s.site}_L{layer}.safetensors",
-                            {"vector": refined, "extracted": v0, "start": cells["start"][0],
-                             "basis": space.basis}, vec_meta)
-        self.store.put_tensors("vectors", refined_key(s, s.method, layer),
-                               {"vector": refined, "strength": torch.tensor([cells["refined"][1]])})
+        meta = {**self.meta(), "method": s.method, "fitness": x.fitness}
+        self.write_vectors({layer: refined}, "cmaes", {layer: {"extracted": v0, "start": cells["start"][0],
+                                                               "basis": space.basis}},
+                           source_method=s.method, strength=repr(cells["refined"][1]), fitness=x.fitness)
+        key = refined_method.stored_key(s.base_key, SimpleNamespace(source=s.method), s.site, layer)
+        self.store.put_tensors("vectors", key, {"vector": refined, "strength": torch.tensor([cells["refined"][1]])})
 
         def cos(a, b):
             return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=0))
@@ -356,22 +405,22 @@ class CmaesJob:
             "fanout_cluster": x.fanout.cluster if x.fanout.workers else None,
             "fanout_start_seconds": self.fanout_start_seconds,  # None: no workers started (in-process, or resumed done)
             "failed_cells": [{"cell": c, "error": tb} for c, tb in failed.items()],
-            "seconds": seconds,
         }
-        store.write_json(self.out / "summary.json", summary)
-        s.write_manifest(seconds)
-        try:
-            from eas.report.cmaes import fitness_curve
+        summary = self.finish(summary, headline(summary))
+        from eas.report.cmaes import fitness_curve
 
-            fitness_curve(hist, self.out / "figures" / "fitness_curve.png", ext["val"]["fitness"],
-                          f"{s.lm.name} / {s.bench.name}: {s.method} L{layer}, fitness={x.fitness}")
-        except Exception as e:  # noqa: BLE001 - figures never cost the results
-            log.warning("fitness curve not written: %s", e)
-        log.info("cmaes %s L%d: val fitness %.4f -> %.4f; val accuracy %.3f -> %.3f; test accuracy %.3f -> %.3f "
-                 "(extracted -> refined, cosine %.3f); results: %s", s.method, layer, ext["val"]["fitness"],
-                 ref["val"]["fitness"], ext["val"]["accuracy"], ref["val"]["accuracy"], ext["test"]["accuracy"],
-                 ref["test"]["accuracy"], summary["cosine"]["refined_vs_extracted"], self.out)
+        self.figures(fitness_curve, hist, self.out / "figures" / "fitness_curve.png", ext["val"]["fitness"],
+                     f"{s.lm.name} / {s.bench.name}: {s.method} L{layer}, fitness={x.fitness}")
         return summary
+
+
+def headline(s: dict) -> list[str]:
+    ext, ref = s["extracted"], s["refined"]
+    return [f"eas: {s['model']} on {s['benchmark']} (cmaes from {s['method']} @ {s['steer_target']} L{s['layer']}, "
+            f"fitness={s['fitness']}, {s['generations']} generations)",
+            f"  val fitness {ext['val']['fitness']:.4f} -> {ref['val']['fitness']:.4f}; val accuracy "
+            f"{ext['val']['accuracy']:.3f} -> {ref['val']['accuracy']:.3f}; test accuracy {ext['test']['accuracy']:.3f} "
+            f"-> {ref['test']['accuracy']:.3f} (extracted -> refined, cosine {s['cosine']['refined_vs_extracted']:.3f})"]
 
 
 def worker_fitness(cfg_path: str, cwd: str, layer: int, base_key: str) -> cmaes.Fitness:
@@ -385,7 +434,7 @@ def worker_fitness(cfg_path: str, cwd: str, layer: int, base_key: str) -> cmaes.
         cfg_path: the coordinator's resolved config (YAML).
         cwd: the coordinator's working directory: relative paths in the config mean the same.
         layer: the search's layer.
-        base_key: ``store.key`` of the coordinator's ``SteerJob.base_key`` (model and data).
+        base_key: ``store.key`` of the coordinator's ``Experiment.base_key`` (model and data).
 
     Raises:
         RuntimeError: this worker loaded another model or other data than the coordinator.
@@ -394,10 +443,10 @@ def worker_fitness(cfg_path: str, cwd: str, layer: int, base_key: str) -> cmaes.
     cfg = OmegaConf.merge(OmegaConf.structured(EasConfig), OmegaConf.load(cfg_path))
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_task)))
     job = CmaesJob(cfg, Path(cfg_path).parent)
-    job.steer.load()
-    if store.key(job.steer.base_key) != base_key:
-        raise RuntimeError(f"fan-out worker: model {job.steer.lm.name} or benchmark {job.steer.bench.name} "
-                           f"differs from the coordinator's (fingerprint {store.key(job.steer.base_key)} != "
+    job.load()
+    if store.key(job.base_key) != base_key:
+        raise RuntimeError(f"fan-out worker: model {job.lm.name} or benchmark {job.bench.name} "
+                           f"differs from the coordinator's (fingerprint {store.key(job.base_key)} != "
                            f"{base_key}); the workers must see the same model files and data as the job")
     return FITNESSES[cfg.experiment.fitness](job, layer, "val")
 
@@ -406,56 +455,6 @@ def _question(item: MCItem) -> str:
     """The item as the judge sees the question: context, question and lettered options."""
     stem = f"{item.context}\n{item.question}" if item.context else item.question
     return stem + "\n" + "\n".join(f"{ltr}. {o}" for ltr, o in zip(item.letters, item.options))
-
-
-def refined_key(steer: SteerJob, source: str, layer: int) -> str:
-    return store.key("cmaes_vector", steer.base_key, source, steer.site, layer)
-
-
-def refined_vectors(steer: SteerJob) -> dict[int, torch.Tensor]:
-    """``method=cmaes`` for the steer job: the refined vector per layer of ``steer.layers``.
-
-    From ``method.vector_path`` (a ``cmaes_*.safetensors`` file or a cmaes run dir), else the
-    latest refinement in the store of ``method.source`` at this setup and layer. Sets
-    ``steer.vector_id`` so the scored cells are keyed by the vectors' content.
-
-    Raises:
-        ConfigError: no refined vector for a requested layer, or a bad ``vector_path``.
-    """
-    m = steer.cfg.method
-    out: dict[int, torch.Tensor] = {}
-    if m.vector_path:
-        path = Path(m.vector_path)
-        files = sorted(path.glob("vectors/cmaes_*.safetensors")) if path.is_dir() else [path]
-        if not files or not files[0].exists():
-            raise ConfigError(f"method.vector_path={m.vector_path!r}: no cmaes_*.safetensors there")
-        from safetensors import safe_open
-
-        for f in files:
-            with safe_open(str(f), "pt") as fh:
-                meta = fh.metadata() or {}
-                if "layer" not in meta:
-                    raise ConfigError(f"method.vector_path: {f} has no 'layer' in its metadata")
-                if meta.get("site", steer.site) != steer.site:
-                    raise ConfigError(f"method.vector_path: {f} was refined at site {meta['site']!r}, this job "
-                                      f"steers steer_target={steer.site}; use steer_target={meta['site']}")
-                out[int(meta["layer"])] = fh.get_tensor("vector")
-    else:
-        for L in steer.layers:
-            rec = steer.store.get_tensors("vectors", refined_key(steer, m.source, L))
-            if rec is not None:
-                out[L] = rec["vector"]
-    missing = [L for L in steer.layers if L not in out]
-    if missing:
-        where = m.vector_path or f"the store ({steer.store.root})"
-        raise ConfigError(
-            f"method=cmaes: no refined vector for layer={missing} in {where} (refined layers: {sorted(out)}). "
-            f"Run `eas experiment=cmaes method={m.source} layer={missing[0]}` with the same model, benchmark "
-            f"and splits first, or set method.vector_path=<cmaes run dir>")
-    vecs = {L: out[L].float() for L in steer.layers}
-    digest = hashlib.sha256(b"".join(vecs[L].numpy().tobytes() for L in steer.layers)).hexdigest()[:20]
-    steer.vector_id = digest
-    return vecs
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:

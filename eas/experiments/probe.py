@@ -1,10 +1,10 @@
 """experiment=probe: what one site's activations encode, layer by layer, with honest statistics.
 
-1. load model and benchmark (``SteerJob.load``) and build the target's rows:
+1. load model and benchmark (``Experiment.load``) and build the target's rows:
    - trait (A/B behaviour sets): per item, "prompt + behaviour-matching letter" (1) and
-     "prompt + other letter" (0), the CAA contrast pair (``eas.contrasts``);
+     "prompt + other letter" (0), the CAA contrast pair (``eas.methods.base.caa_pairs``);
    - error (multiple choice): per item, the scoring prompt; 1 = the unsteered answer is right;
-2. capture every layer's activations once per pooling (``SteerJob.activations``, store-cached);
+2. capture every layer's activations once per pooling (``Experiment.activations``, store-cached);
 3. per (pooling, layer): a logistic-regression probe (C by inner CV) and a mean-difference
    probe, scored out-of-fold (stratified k-fold over items, pairs kept together) or
    train -> test; AUROC and accuracy with 95% CIs; the AUROC null of random unit
@@ -23,27 +23,63 @@ job over more layers, recomputes only what is missing.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import MISSING, DictConfig, ListConfig
 
-from eas import contrasts, store
-from eas.config import ConfigError
+from eas import store
+from eas.config import POSITIONS, ConfigError, choice
 from eas.core import probes, stats
 from eas.data.schema import MCItem
-from eas.jobs.steer import SPLITS, Scored, SteerJob
+from eas.experiments.base import SPLITS, Experiment
+from eas.experiments.base import Config as BaseConfig
+from eas.methods.base import TooFewExamples, caa_pairs, check_size
 
 log = logging.getLogger("eas")
 SUPERVISED = ("logreg", "mean_diff")
+TARGETS = ("auto", "trait", "error")
+
+
+@dataclass
+class Config(BaseConfig):
+    """The types of ``experiment.*``; the values are in ``conf/experiment/probe.yaml``."""
+
+    target: str = MISSING  # auto (trait on A/B sets, error otherwise) | trait | error
+    folds: int = MISSING  # stratified k-fold over items; 0 = fit on train, pick the layer on val, report test
+    pooling: Any = MISSING  # last | mid | mean, or a list of them; null = method.position
+    inner_folds: int = MISSING  # inner CV that picks the logistic-regression C from c_grid
+    c_grid: list[float] = MISSING
+    n_random: int = MISSING  # random unit directions in the AUROC null
+    n_bootstrap: int = MISSING  # resamples of the AUROC confidence intervals
+    ccs_restarts: int = MISSING  # CCS random restarts (0 = no CCS)
+    ccs_epochs: int = MISSING
+    abstain_threshold: float = MISSING  # answer when the error probe's P(right) >= this, else abstain
+    lexical_words: list[str] = MISSING  # removed from item texts, probe re-run
+
+
+def validate(cfg: DictConfig) -> None:
+    x = cfg.experiment
+    choice("experiment.target", x.target, TARGETS)
+    if x.folds == 1 or x.folds < 0:
+        raise ConfigError(f"experiment.folds={x.folds}: use k >= 2 (stratified k-fold) or 0 (the train/val/test split)")
+    for p in poolings(cfg):
+        choice("experiment.pooling", p, POSITIONS)
+    for name, low in (("inner_folds", 2), ("n_random", 1), ("n_bootstrap", 100), ("ccs_restarts", 0),
+                      ("ccs_epochs", 1)):
+        if x[name] < low:
+            raise ConfigError(f"experiment.{name}={x[name]}: must be >= {low}")
+    if not x.c_grid or any(not c > 0 for c in x.c_grid):
+        raise ConfigError(f"experiment.c_grid={list(x.c_grid)}: give positive inverse strengths, e.g. [0.01,0.1,1]")
+    if not 0.0 <= x.abstain_threshold <= 1.0:
+        raise ConfigError(f"experiment.abstain_threshold={x.abstain_threshold}: a probability in [0, 1]")
 
 
 @dataclass
@@ -132,15 +168,12 @@ def strip_words(item: MCItem, words: list[str]) -> MCItem:
                    options=tuple(clean(o) for o in item.options))
 
 
-class ProbeJob(SteerJob):
-    """The probe protocol; loading, prompts and the activation cache are the steer job's."""
+class Probe(Experiment):
+    """The probe protocol; loading, prompts and the activation cache are the base's."""
 
     def __init__(self, cfg: DictConfig, out_dir: Path):
         super().__init__(cfg, out_dir)
-        x = cfg.experiment
-        self.x = x
         self.poolings = poolings(cfg)
-        self.seed = int(cfg.seed)
 
     # -- step 1 -----------------------------------------------------------
     def resolve_target(self) -> str:
@@ -156,22 +189,6 @@ class ProbeJob(SteerJob):
             split_of += [split] * len(self.splits[split])
         return items, split_of
 
-    def unsteered_confidence(self) -> dict[str, dict]:
-        """Per split: the unsteered predictions and max letter probability (store-cached)."""
-        out = {}
-        for split, items in self.splits.items():
-            k = store.key("unsteered_confidence", self.base_key, split)
-            fits = Scored.fits(items)
-            rec = self.store.get_json("cells", k, lambda r, fits=fits, n=len(items): fits(r) and len(r["confidence"]) == n)
-            if rec is None:
-                scores = self.unsteered_scores(items, split)
-                probs = torch.softmax(scores, -1)
-                rec = {"item_ids": [it.id for it in items], "labels": [it.label for it in items],
-                       "preds": scores.argmax(-1).tolist(), "confidence": probs.max(-1).values.tolist()}
-                self.store.put_json("cells", k, rec)
-            out[split] = rec
-        return out
-
     def build_rows(self, target: str, items: list[MCItem], split_of: list[str],
                    correct: np.ndarray | None = None, confidence: np.ndarray | None = None) -> Rows:
         n = len(items)
@@ -181,8 +198,9 @@ class ProbeJob(SteerJob):
                         np.asarray(split_of), ids, np.full(n, -1), None, confidence)
         # the CAA pair (steering's mean_diff/probe contrast) with the model's answers taken
         # as right, so the other letter is the seeded random wrong option (A/B: the other one)
-        c = contrasts.build("mean_diff", items, [it.label for it in items], self.prompter, seed=self.seed,
-                            min_per_class=self.cfg.method.min_per_class)
+        answers = [it.label for it in items]
+        c = check_size(caa_pairs(items, answers, self.prompter, self.seed), "probe", items, answers,
+                       int(self.cfg.method.min_per_class))
         other = np.array([it.letters.index(neg[len(self.prompter.mc(it)) + 1:])
                           for it, neg in zip(items, c.negatives)])
         label = np.array([it.label for it in items])
@@ -198,7 +216,7 @@ class ProbeJob(SteerJob):
             try:
                 splits = probes.fold_indices(rows.labels, folds, rows.groups, self.seed, rows.strata)
             except ValueError as e:
-                raise contrasts.TooFewExamples(f"experiment.folds={folds}: {e} (target={rows.target}, "
+                raise TooFewExamples(f"experiment.folds={folds}: {e} (target={rows.target}, "
                                                f"{len(set(rows.groups.tolist()))} items)") from None
             every = np.ones(len(rows.labels), bool)
             return Protocol(splits, every, every, every, f"{folds}-fold out-of-fold")
@@ -206,7 +224,7 @@ class ProbeJob(SteerJob):
         for split in SPLITS:
             ys = rows.labels[rows.split == split]
             if len(set(ys.tolist())) < 2:
-                raise contrasts.TooFewExamples(
+                raise TooFewExamples(
                     f"target={rows.target}: the {split} split has only one class ({len(ys)} rows); "
                     f"use experiment.folds=5 or more items")
         return Protocol([(np.flatnonzero(train), np.flatnonzero(~train))], rows.split == "test",
@@ -228,7 +246,7 @@ class ProbeJob(SteerJob):
         todo = [L for L in self.layers if out[L] is None]
         if not todo:
             return out
-        self.position = pooling  # SteerJob.activations reads this rule
+        self.position = pooling  # Experiment.activations reads this rule
         acts = self.activations(rows.texts)
         ccs = {}
         if "ccs" in kinds and rows.pairs is not None and int(self.x.ccs_restarts) > 0:
@@ -323,15 +341,14 @@ class ProbeJob(SteerJob):
     def run(self) -> dict[str, Any]:
         from threadpoolctl import threadpool_limits
 
-        t0 = time.perf_counter()
         self.load()
         target = self.resolve_target()
         items, split_of = self.items()
         correct = confidence = None
         if target == "error":
-            base = self.unsteered_confidence()
-            correct = np.concatenate([np.asarray(base[s]["preds"]) == np.asarray(base[s]["labels"]) for s in SPLITS])
-            confidence = np.concatenate([np.asarray(base[s]["confidence"]) for s in SPLITS])
+            base = self.unsteered()
+            correct = np.concatenate([base[s].correct for s in SPLITS])
+            confidence = np.concatenate([base[s].confidence for s in SPLITS])
             log.info("error target: the model answers %d of %d items right", int(correct.sum()), len(correct))
         rows = self.build_rows(target, items, split_of, correct, confidence)
         proto = self.protocol(rows)
@@ -345,8 +362,7 @@ class ProbeJob(SteerJob):
             results = {p: self.probe_layers(rows, proto, p) for p in self.poolings}
             lexical = {p: self.probe_layers(lexical_rows, proto, p, ("logreg",)) for p in self.poolings} \
                 if lexical_rows is not None else {}
-        seconds = time.perf_counter() - t0
-        return self.write(target, rows, proto, results, lexical, words, seconds)
+        return self.write(target, rows, proto, results, lexical, words)
 
     # -- outputs ----------------------------------------------------------
     def best(self, results: dict[str, dict[int, dict]]) -> tuple[str, int]:
@@ -358,10 +374,10 @@ class ProbeJob(SteerJob):
         return p, L
 
     def write(self, target: str, rows: Rows, proto: Protocol, results: dict, lexical: dict,
-              words: list[str], seconds: float) -> dict[str, Any]:
+              words: list[str]) -> dict[str, Any]:
         from eas.report import probes as probe_report
 
-        meta = {"experiment": "probe", "model": self.lm.name, "benchmark": self.bench.name, "target": target,
+        meta = {"experiment": self.x.name, "model": self.lm.name, "benchmark": self.bench.name, "target": target,
                 "steer_target": self.site, "evaluation": proto.name, "seed": self.seed}
         table = []
         for p in self.poolings:
@@ -436,18 +452,10 @@ class ProbeJob(SteerJob):
         curves = None
         if target == "error":
             summary["abstention"], curves = self._abstention(rows, proto, rec)
-        summary["seconds"] = seconds
-        store.write_json(self.out / "summary.json", summary)
         store.write_text(self.out / "summary_table.md", probe_report.summary_markdown(summary, df))
-        self.write_manifest(seconds)
-        try:
-            probe_report.write_probe_figures(self.out, df, summary, rows.labels[proto.evaluate],
-                                             {k: np.asarray(rec[k]["scores"], float)[proto.evaluate]
-                                              for k in SUPERVISED}, curves)
-        except Exception as e:  # noqa: BLE001 - figures never cost the results
-            log.warning("figures not written: %s", e)
-        print(probe_report.headline_markdown(summary))
-        print(f"  results: {self.out}")
+        summary = self.finish(summary, [probe_report.headline_markdown(summary)])
+        self.figures(probe_report.write_probe_figures, self.out, df, summary, rows.labels[proto.evaluate],
+                     {k: np.asarray(rec[k]["scores"], float)[proto.evaluate] for k in SUPERVISED}, curves)
         return summary
 
     def _baseline(self, rows: Rows, proto: Protocol) -> dict[str, Any]:
@@ -513,8 +521,8 @@ class ProbeJob(SteerJob):
                 if w is None:
                     continue
                 meta = {"method": "probe", "target": rows.target, "site": self.site, "layer": str(L),
-                        "position": p, "model": self.lm.name, "benchmark": self.bench.name,
-                        "c": str(results[p][L]["logreg"]["c"])}
+                        "position": p, "model": self.lm.name, "model_fingerprint": self.lm.fingerprint,
+                        "benchmark": self.bench.name, "c": str(results[p][L]["logreg"]["c"])}
                 store.write_tensors(self.out / "probes" / f"probe_{self.site}_{p}_L{L}.safetensors", w, meta)
 
 
@@ -529,42 +537,5 @@ def pair_accuracy(scores: list, rows: Rows, proto: Protocol) -> float | None:
     return float(np.mean((first > second) == (rows.pair_labels[ev] == 1)))
 
 
-def probe_vectors(steer: SteerJob) -> dict[int, torch.Tensor]:
-    """``method=probe method.vector_path=...`` for the steer job: the saved probe directions.
-
-    ``vector_path`` is a probe run dir (its ``probes/probe_<site>_<position>_L*.safetensors``
-    at the steer job's site and ``method.position``) or one such file. Sets
-    ``steer.vector_id`` so scored cells are keyed by the vectors' content.
-
-    Raises:
-        ConfigError: no file, no vector for a requested layer, or one made on another model.
-    """
-    from safetensors import safe_open
-
-    path = Path(steer.cfg.method.vector_path)
-    files = sorted(path.glob(f"probes/probe_{steer.site}_{steer.position}_L*.safetensors")) if path.is_dir() else [path]
-    if not files or not files[0].exists():
-        raise ConfigError(f"method.vector_path={str(path)!r}: no probes/probe_{steer.site}_{steer.position}_L*"
-                          ".safetensors there (run `eas experiment=probe` with this site and pooling first)")
-    out: dict[int, torch.Tensor] = {}
-    for f in files:
-        with safe_open(str(f), "pt") as fh:
-            meta = fh.metadata() or {}
-            if meta.get("model") not in (None, steer.lm.name):
-                raise ConfigError(f"method.vector_path: {f} was trained on model {meta.get('model')!r}, "
-                                  f"not {steer.lm.name!r}")
-            if "vector" not in fh.keys() or "layer" not in meta:  # noqa: SIM118 - safe_open is not a mapping
-                raise ConfigError(f"method.vector_path: {f} is not a probe file of experiment=probe "
-                                  f"(no 'vector' tensor or no 'layer' in its metadata)")
-            out[int(meta["layer"])] = fh.get_tensor("vector").float()
-    missing = [L for L in steer.layers if L not in out]
-    if missing:
-        raise ConfigError(f"method.vector_path={str(path)!r}: no probe vector for layer={missing} "
-                          f"(has layers {sorted(out)})")
-    vecs = {L: out[L] for L in steer.layers}
-    steer.vector_id = hashlib.sha256(b"".join(vecs[L].numpy().tobytes() for L in steer.layers)).hexdigest()[:20]
-    return vecs
-
-
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    return ProbeJob(cfg, out_dir).run()
+    return Probe(cfg, out_dir).run()

@@ -1,4 +1,4 @@
-"""A stand-in for the Vast.ai API on 127.0.0.1, for tests and offline dry runs.
+"""A stand-in for the Vast.ai API on 127.0.0.1, for eas's tests (unit and integration).
 
 It answers the calls the ``vastai`` SDK makes (paths under ``/api/v0``), checks
 ``Authorization: Bearer KEY`` (401 otherwise) and logs every request. An "instance"
@@ -39,6 +39,8 @@ class FakeVast:
     # the state an instance reports; "never" keeps it "loading"; a callable (id, n_shows) -> state
     # or (state, status_msg), asked again while it answers "loading"
     start_state: str | Callable[[int, int], str | tuple[str, str]] = "running"
+    # status codes answered, one per request, before any request is routed (a busy API: 503, 429)
+    errors: list[int] = field(default_factory=list)
     requests: list[dict] = field(default_factory=list)
     instances: dict[int, dict] = field(default_factory=dict)
     shows: dict[int, int] = field(default_factory=dict)
@@ -66,6 +68,10 @@ class FakeVast:
                        "auth": self.headers.get("Authorization")}
                 with fake._lock:
                     fake.requests.append(req)
+                with fake._lock:
+                    code = fake.errors.pop(0) if fake.errors else None
+                if code is not None:
+                    return self._send(code, {"success": False, "error": "busy"})
                 if req["auth"] != f"Bearer {fake.key}":
                     return self._send(401, {"success": False, "error": "invalid_api_key"})
                 code, out = fake.route(self.command, self.path.split("?")[0], body)

@@ -1,1 +1,0 @@
-"""One module per experiment kind; the only place that touches the store."""

@@ -1,0 +1,25 @@
+"""The vector ``experiment=cmaes`` refined from an extracted one (``method.source``).
+
+Not extracted here: the steer experiment finds the refinement in the store, at the same
+setup, layer and site, or reads it from ``method.vector_path`` (a cmaes run dir or file)."""
+
+from __future__ import annotations
+
+from eas import store
+from eas.config import ConfigError
+from eas.methods.base import is_extracted, module
+
+MISSING = ("Run `eas experiment=cmaes method={source} layer={layer}` with the same model, benchmark and "
+           "splits first, or set method.vector_path=<cmaes run dir>")
+
+
+def stored_key(base_key: list, method_cfg, site: str, layer: int) -> str:
+    """Where experiment=cmaes puts the vector it refined from ``method_cfg.source`` at ``layer``."""
+    return store.key("cmaes_vector", base_key, str(method_cfg.source), site, int(layer))
+
+
+def validate(cfg) -> None:
+    source = cfg.method.source
+    if not is_extracted(module({"name": source})):
+        raise ConfigError(f"method.source={source!r}: method=cmaes steers with a vector refined from an "
+                          f"extracted one; name how it was extracted, e.g. method.source=pasf")
