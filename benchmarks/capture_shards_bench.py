@@ -1,5 +1,5 @@
 """What streaming the capture to disk in shards costs: the steer job's capture step
-(``SteerJob.activations``: every layer captured, each shard a store record written when
+(``Experiment.activations``: every layer captured, each shard a store record written when
 done) timed with one shard holding every text and with smaller shards, in one process,
 on the same model and texts, each run into an empty store.
 
@@ -27,7 +27,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from eas import config as config_mod
 from eas.cli import CONF_DIR
-from eas.jobs.steer import SteerJob
+from eas.experiments.steer import Steer
 
 # the architecture of a conf/model preset, built random-init (speed does not depend on the weights)
 RANDOM_SHAPES = {
@@ -69,7 +69,7 @@ def main(argv=None):
 
     root = Path(tempfile.mkdtemp(prefix="eas-shards-"))
     try:
-        job = SteerJob(job_config(args, 2048, root / "warm"), root / "run")
+        job = Steer(job_config(args, 2048, root / "warm"), root / "run")
         job.load()
         texts = [job.prompter.mc_with_letter(it, k) for it in job.bench.items for k in range(len(it.options))]
         if args.texts:

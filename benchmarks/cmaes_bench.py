@@ -27,8 +27,8 @@ from hydra import compose, initialize_config_dir
 
 from eas import config as config_mod
 from eas.cli import CONF_DIR
-from eas.core import cmaes, intervene, score, sweep, tokens
-from eas.jobs.steer import SteerJob
+from eas.core import cmaes, engine, intervene, score, tokens
+from eas.experiments.steer import Steer
 
 DEFAULTS = ["max_sample_size=60", "layer=14", "strength=4", "progress=false", "batch_size=16",
             "experiment.popsize=8"]
@@ -39,7 +39,7 @@ def main(overrides: list[str]) -> None:
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("config", overrides=[f"store.root={tempfile.mkdtemp()}", *DEFAULTS, *overrides])
     popsize = int(cfg.experiment.popsize)
-    job = SteerJob(cfg, tempfile.mkdtemp())
+    job = Steer(cfg, tempfile.mkdtemp())
     job.load()
     m, sites, head, site, layer, pad, bs = (job.lm.model, job.lm.sites, job.head, job.site, job.layers[0],
                                             job.pad, job.batch_size)
@@ -63,7 +63,7 @@ def main(overrides: list[str]) -> None:
         return (time.perf_counter() - t0) / repeats, out
 
     t_prefix0 = time.perf_counter()
-    pc = sweep.prefix_cache(m, rows, bs, pad)
+    pc = engine.prefix_cache(m, rows, bs, pad)
     t_prefix = time.perf_counter() - t_prefix0
     fit_cached = cmaes.mc_fitness(m, sites, rows, n_opts, labels, head, site, layer, metric, pc, bs, 64, pad)
     fit_plain = cmaes.mc_fitness(m, sites, rows, n_opts, labels, head, site, layer, metric, None, bs, 64, pad)

@@ -23,8 +23,8 @@ from types import SimpleNamespace
 
 import torch
 
-from eas import models
-from eas.core import capture, score, sweep, tokens, vectors
+from eas import models, resources
+from eas.core import capture, engine, score, tokens, vectors
 
 SHAPES = {
     "llama-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
@@ -103,7 +103,7 @@ def fp32_reference(model, args, sub, n_opts, letter_ids, cells, fast, naive) -> 
     import copy
 
     ref_model = copy.deepcopy(model).float()
-    ref = sweep.naive_sweep_mc(ref_model, models.site_map(ref_model), sub, n_opts[: len(sub)], letter_ids,
+    ref = engine.naive_sweep_mc(ref_model, models.site_map(ref_model), sub, n_opts[: len(sub)], letter_ids,
                                args.site, cells)
     del ref_model
     top2 = ref.topk(2, dim=-1).values
@@ -167,7 +167,7 @@ def main(argv=None):
     layers = sorted({round(i * (L - 1) / max(1, args.layers)) + (L // (2 * args.layers)) for i in range(args.layers)})
     layers = [min(x, L - 1) for x in layers]
     strengths = [0.5 * (i + 1) for i in range(args.strengths)]
-    bs = args.batch_size or sweep.auto_batch_size(model, max_tokens=max(len(r) for r in val_rows),
+    bs = args.batch_size or resources.auto_batch_size(model, max_tokens=max(len(r) for r in val_rows),
                                                   cells_per_pass=len(layers) * len(strengths))
     cpp = args.cells_per_pass or len(layers) * len(strengths)
     half = len(train_rows) // 2
@@ -179,9 +179,9 @@ def main(argv=None):
         acts, t_cap = timed(args.device, lambda: capture.capture(
             model, sites, train_rows, layers, args.site, ("last",), bs, pad)["last"], args.repeat)
         vecs = {layer: vectors.mean_difference(acts[k, :half], acts[k, half:]) for k, layer in enumerate(layers)}
-        grid = [sweep.Cell(layer, s, vecs[layer]) for layer in layers for s in strengths]
+        grid = [engine.Cell(layer, s, vecs[layer]) for layer in layers for s in strengths]
         _, t_un = timed(args.device, lambda: score.score_mc(model, val_rows, n_opts, head, bs, pad), args.repeat)
-        scores, t_sw = timed(args.device, lambda: sweep.sweep_mc(
+        scores, t_sw = timed(args.device, lambda: engine.sweep_mc(
             model, sites, val_rows, n_opts, head, args.site, grid, bs, cpp, pad), args.repeat)
         return grid, scores, t_cap, t_un, t_sw
 
@@ -200,7 +200,7 @@ def main(argv=None):
 
     _, t_nvec_sub = timed(args.device, naive_vectors)
     t_nvec = t_nvec_sub * len(train_rows) / min(len(train_rows), args.naive_items)
-    slow, t_nsub = timed(args.device, lambda: sweep.naive_sweep_mc(
+    slow, t_nsub = timed(args.device, lambda: engine.naive_sweep_mc(
         model, sites, sub, n_opts[: len(sub)], letter_ids, args.site, naive_cells))
     naive_rate = len(sub) * len(naive_cells) / t_nsub  # item-cells per second
     t_naive = t_nvec + len(val_rows) * len(cells) / naive_rate

@@ -181,7 +181,7 @@ def check_keys(cfg: DictConfig, schema: type | None = None, prefix: str = "") ->
 
     schema = schema or EasConfig
     fields = {f.name: f for f in dataclasses.fields(schema)}
-    for key in cfg.keys():
+    for key in cfg:
         if key == "hydra" and not prefix:  # present when composed with return_hydra_config
             continue
         if key not in fields:

@@ -35,9 +35,8 @@ from tqdm.auto import tqdm
 from eas import config, extensions, models, store
 from eas.config import as_number_list
 from eas.core import capture as capture_mod
+from eas.core import engine, tokens
 from eas.core import score as score_mod
-from eas.core import engine
-from eas.core import tokens
 from eas.core import vectors as vectors_mod
 from eas.data import load_benchmark, split_items
 from eas.data.schema import DataError, MCItem

@@ -37,10 +37,10 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -50,9 +50,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from eas import fanout, models, store
 from eas.config import ConfigError, EasConfig, ModelConfig, choice
-from eas.core import cmaes, tokens
+from eas.core import cmaes, engine
 from eas.core import judge as judge_mod
-from eas.core import engine
 from eas.data.schema import MCItem
 from eas.experiments.base import Config as BaseConfig
 from eas.experiments.base import Experiment, method_module
@@ -360,7 +359,7 @@ class CmaesJob(Experiment):
     # -- outputs -------------------------------------------------------------------
     def write(self, base, failed, layer, strength0, space, cells, scored, history, stop, resumed_from
               ) -> dict[str, Any]:
-        cfg, x, s = self.cfg, self.x, self
+        x, s = self.x, self
         hist = pd.DataFrame(history)
         store.write_parquet(self.out / "cmaes_history.parquet", hist)
 
@@ -416,11 +415,13 @@ class CmaesJob(Experiment):
 
 def headline(s: dict) -> list[str]:
     ext, ref = s["extracted"], s["refined"]
-    return [f"eas: {s['model']} on {s['benchmark']} (cmaes from {s['method']} @ {s['steer_target']} L{s['layer']}, "
-            f"fitness={s['fitness']}, {s['generations']} generations)",
-            f"  val fitness {ext['val']['fitness']:.4f} -> {ref['val']['fitness']:.4f}; val accuracy "
-            f"{ext['val']['accuracy']:.3f} -> {ref['val']['accuracy']:.3f}; test accuracy {ext['test']['accuracy']:.3f} "
-            f"-> {ref['test']['accuracy']:.3f} (extracted -> refined, cosine {s['cosine']['refined_vs_extracted']:.3f})"]
+    first = (f"eas: {s['model']} on {s['benchmark']} (cmaes from {s['method']} @ {s['steer_target']} "
+             f"L{s['layer']}, fitness={s['fitness']}, {s['generations']} generations)")
+    second = (f"  val fitness {ext['val']['fitness']:.4f} -> {ref['val']['fitness']:.4f}; val accuracy "
+              f"{ext['val']['accuracy']:.3f} -> {ref['val']['accuracy']:.3f}; test accuracy "
+              f"{ext['test']['accuracy']:.3f} -> {ref['test']['accuracy']:.3f} (extracted -> refined, "
+              f"cosine {s['cosine']['refined_vs_extracted']:.3f})")
+    return [first, second]
 
 
 def worker_fitness(cfg_path: str, cwd: str, layer: int, base_key: str) -> cmaes.Fitness:

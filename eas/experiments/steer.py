@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
 from eas import store
 from eas.core import stats
 from eas.experiments.base import Config as BaseConfig
-from eas.experiments.base import Experiment, Scored, cell_name
+from eas.experiments.base import Experiment, cell_name
 
 
 @dataclass

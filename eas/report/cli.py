@@ -38,7 +38,14 @@ from eas.report.cmaes import write_cmaes_report
 from eas.report.figures import write_figures
 from eas.report.probes import merged_probe_markdown, probe_summaries
 from eas.report.seeds import PROBE_FILE, load_probe_runs, write_seed_report
-from eas.report.setups import MANIFEST_FILE, SETUP, UNKNOWN_SETUP, setup_columns, setup_table, tag_setups
+from eas.report.setups import (
+    MANIFEST_FILE,
+    SETUP,
+    UNKNOWN_SETUP,
+    setup_columns,
+    setup_table,
+    tag_setups,
+)
 from eas.report.tables import (
     RESULTS_FILE,
     SUMMARY_FILE,
@@ -65,16 +72,18 @@ SKIPPED_FILE = "skipped_runs.md"
 
 
 def run_kind(run_dir: Path) -> tuple[str, str] | None:
-    """``(kind, module)`` of the run in ``run_dir``: the experiment kind its manifest names and the
-    module that defines it (``config.experiment.module`` or the kind); from its files when it has
-    no manifest config; ``None`` when neither tells."""
+    """``(kind, module)`` of the run in ``run_dir``: the experiment kind its manifest names
+    (``config.experiment.name``, else the top-level ``experiment``) and the module that defines
+    it (``config.experiment.module``, else the kind); told by its files (``RESULTS_FILES``) when
+    it has no manifest naming one; ``None`` when neither tells."""
     try:
         manifest = json.loads((run_dir / MANIFEST_FILE).read_text())
-        experiment = manifest["config"]["experiment"]
-        kind = manifest.get("experiment") or experiment["name"]
-        return str(kind), str(experiment.get("module") or kind)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass  # no manifest, or an older one without a config: tell the kind by its files
+        experiment = (manifest.get("config") or {}).get("experiment") or {}
+        kind = experiment.get("name") or manifest.get("experiment")
+        if kind:
+            return str(kind), str(experiment.get("module") or kind)
+    except (OSError, ValueError, AttributeError):
+        pass  # no manifest, or not a readable one: tell the kind by the files
     for file, kind in RESULTS_FILES.items():
         if (run_dir / file).is_file():
             return kind, kind

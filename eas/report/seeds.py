@@ -36,8 +36,8 @@ import numpy as np
 import pandas as pd
 
 from eas.core import stats
-from eas.report.setups import SETUP, tag_setups, with_setup
-from eas.report.tables import BadResultsError, NoResultsError, _find, select_best, to_markdown
+from eas.report.setups import SETUP, with_setup
+from eas.report.tables import load_results_files, read_results_file, select_best, to_markdown
 
 SEED_BY: tuple[str, ...] = ("model", "benchmark", "method", "steer_target", SETUP)
 """Groups aggregated over seeds (one row each)."""
@@ -45,6 +45,8 @@ SEED_BY: tuple[str, ...] = ("model", "benchmark", "method", "steer_target", SETU
 PROBE_BY: tuple[str, ...] = ("model", "benchmark", "target", "steer_target", "pooling", "layer", "probe", SETUP)
 """Probe groups aggregated over seeds (one row each)."""
 PROBE_FILE = "probe_results.parquet"
+PROBE_COLUMNS: tuple[str, ...] = (*(c for c in PROBE_BY if c != SETUP), "seed", "auroc", "random_best")
+"""Columns a ``probe_results.parquet`` must have to be reported."""
 HEADLINE_COLUMNS: tuple[str, ...] = ("experiment", "metric", "value", "95% CI", "p-value")
 CORRECTION_NAMES = {"holm": "Holm-Bonferroni (family-wise error)",
                     "bh": "Benjamini-Hochberg (false discovery rate)", "none": "none"}
@@ -138,29 +140,14 @@ def seed_table(results: pd.DataFrame, by: Sequence[str] = SEED_BY, correction: s
 # --------------------------------------------------------------------------- probes
 
 
-def _read_probe_results(file: Path) -> pd.DataFrame:
-    """One ``probe_results.parquet``.
-
-    Raises:
-        BadResultsError: It cannot be read or has no rows.
-    """
-    redo = "rerun that job or remove the file"
-    try:
-        frame = pd.read_parquet(file)
-    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
-        raise BadResultsError(f"{file}: cannot be read ({type(err).__name__}: {err}); {redo}") from err
-    if frame.empty or "probe" not in frame:
-        raise BadResultsError(f"{file}: has no probe rows; {redo}")
-    return frame
-
-
 def load_probe_runs(paths: Iterable[str | Path], skipped: list[str] | None = None) -> pd.DataFrame:
     """Concatenate every ``probe_results.parquet`` under ``paths``, each tagged with its setup.
 
     Args:
-        paths: Run dirs or folders holding them (searched recursively).
-        skipped: As for ``tables.load_runs``: given a list, each file that cannot be read is
-            left out and its ``"<file>: <reason>"`` appended; ``None`` raises.
+        paths: Run dirs, folders holding them (searched recursively), or the files.
+        skipped: As for ``tables.load_runs``: given a list, each file that cannot be read or
+            lacks a column of ``PROBE_COLUMNS`` is left out and its ``"<file>: <reason>"``
+            appended; ``None`` raises.
 
     Returns:
         The rows with ``run_dir``, ``setup`` and the differing ``setup.<field>`` columns
@@ -170,17 +157,7 @@ def load_probe_runs(paths: Iterable[str | Path], skipped: list[str] | None = Non
         NoResultsError: A path holds no ``probe_results.parquet``, or none is usable.
         BadResultsError: A file is unusable and ``skipped`` is ``None``.
     """
-    frames = []
-    for file in _find(paths, PROBE_FILE):
-        try:
-            frames.append(_read_probe_results(file).assign(run_dir=str(file.parent)))
-        except BadResultsError as err:
-            if skipped is None:
-                raise
-            skipped.append(str(err))
-    if not frames:
-        raise NoResultsError(f"no usable {PROBE_FILE} among the runs given: " + "; ".join(skipped or []))
-    return tag_setups(pd.concat(frames, ignore_index=True))
+    return load_results_files(paths, PROBE_FILE, lambda f: read_results_file(f, PROBE_COLUMNS), skipped)
 
 
 def probe_seed_table(probe_results: pd.DataFrame, by: Sequence[str] = PROBE_BY,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ RESULTS_COLUMNS: tuple[str, ...] = (
     "split", "accuracy", "n", "n_correct", "cell",
 )  # fmt: skip
 """Columns a ``results.parquet`` must have to be reported."""
+_REDO = "rerun that job or remove the file"
 
 # Fields that describe the steering, not the data: the unsteered baseline of a group is
 # matched on the remaining group keys (typically model, benchmark, seed).
@@ -102,30 +103,67 @@ def _normalize_results(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def read_results_file(file: Path, columns: Sequence[str]) -> pd.DataFrame:
+    """One results parquet (``results.parquet``, ``probe_results.parquet``) as it was written.
+
+    Raises:
+        BadResultsError: It cannot be read, lacks one of ``columns`` or has no rows.
+    """
+    try:
+        frame = pd.read_parquet(file)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise BadResultsError(f"{file}: cannot be read ({type(err).__name__}: {err}); {_REDO}") from err
+    missing = [c for c in columns if c not in frame]
+    if missing:
+        raise BadResultsError(
+            f"{file}: lacks column(s) {', '.join(missing)} (has {', '.join(map(str, frame.columns)) or 'none'}); "
+            f"{_REDO}"
+        )
+    if frame.empty:
+        raise BadResultsError(f"{file}: has no rows; {_REDO}")
+    return frame
+
+
 def _read_results(file: Path) -> pd.DataFrame:
     """One ``results.parquet`` with the contract's types.
 
     Raises:
-        BadResultsError: It cannot be read, has no rows, lacks a column of ``RESULTS_COLUMNS``
-            or holds values of the wrong type.
+        BadResultsError: As ``read_results_file``, or a column holds values of the wrong type.
     """
-    redo = "rerun that job or remove the file"
-    try:
-        frame = pd.read_parquet(file)
-    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
-        raise BadResultsError(f"{file}: cannot be read ({type(err).__name__}: {err}); {redo}") from err
-    missing = [c for c in RESULTS_COLUMNS if c not in frame]
-    if missing:
-        raise BadResultsError(
-            f"{file}: lacks column(s) {', '.join(missing)} (has {', '.join(map(str, frame.columns)) or 'none'}); "
-            f"{redo}"
-        )
-    if frame.empty:
-        raise BadResultsError(f"{file}: has no rows; {redo}")
+    frame = read_results_file(file, RESULTS_COLUMNS)
     try:
         return _normalize_results(frame)
     except (TypeError, ValueError) as err:
-        raise BadResultsError(f"{file}: a column has values of the wrong type ({err}); {redo}") from err
+        raise BadResultsError(f"{file}: a column has values of the wrong type ({err}); {_REDO}") from err
+
+
+def load_results_files(paths: Iterable[str | Path], filename: str, read: Callable[[Path], pd.DataFrame],
+                       skipped: list[str] | None = None) -> pd.DataFrame:
+    """Every ``filename`` under ``paths``, read with ``read``, concatenated with a ``run_dir``
+    column and tagged with each run's setup (``eas.report.setups.tag_setups``).
+
+    Args:
+        paths: Run dirs, folders holding them (searched recursively), or the files.
+        filename: ``results.parquet``, ``probe_results.parquet``, ...
+        read: Reads one file; raises ``BadResultsError`` for an unusable one.
+        skipped: Given a list, each unusable file is left out and its ``"<file>: <reason>"``
+            appended; ``None`` raises on the first one.
+
+    Raises:
+        NoResultsError: A path does not exist or holds no ``filename``, or no file is usable.
+        BadResultsError: A file is unusable and ``skipped`` is ``None``.
+    """
+    frames = []
+    for file in _find(paths, filename):
+        try:
+            frames.append(read(file).assign(run_dir=str(file.parent)))
+        except BadResultsError as err:
+            if skipped is None:
+                raise
+            skipped.append(str(err))
+    if not frames:
+        raise NoResultsError(f"no usable {filename} among the runs given: " + "; ".join(skipped or []))
+    return tag_setups(pd.concat(frames, ignore_index=True))
 
 
 def load_runs(paths: Iterable[str | Path], skipped: list[str] | None = None) -> pd.DataFrame:
@@ -149,17 +187,7 @@ def load_runs(paths: Iterable[str | Path], skipped: list[str] | None = None) -> 
             every file found is unusable (the message lists why).
         BadResultsError: A file is unusable and ``skipped`` is ``None``.
     """
-    frames = []
-    for file in _find(paths, RESULTS_FILE):
-        try:
-            frames.append(_read_results(file).assign(run_dir=str(file.parent)))
-        except BadResultsError as err:
-            if skipped is None:
-                raise
-            skipped.append(str(err))
-    if not frames:
-        raise NoResultsError("no usable results.parquet among the runs given: " + "; ".join(skipped or []))
-    return tag_setups(pd.concat(frames, ignore_index=True))
+    return load_results_files(paths, RESULTS_FILE, _read_results, skipped)
 
 
 def _flatten_summary(summary: dict, run_dir: Path) -> dict:

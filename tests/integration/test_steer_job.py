@@ -73,7 +73,7 @@ def test_job_that_dies_keeps_finished_cells(tmp_path, monkeypatch):
 
     from eas import config as config_mod
     from eas.cli import CONF_DIR
-    from eas.core import sweep
+    from eas.core import engine
     from eas.experiments.steer import Steer
 
     config_mod.register()
@@ -82,7 +82,7 @@ def test_job_that_dies_keeps_finished_cells(tmp_path, monkeypatch):
         cfg = compose("config", overrides=["model=tiny_random", "benchmark=eas_facts", "max_sample_size=40",
                                            "layer=[1,2]", "strength=[1,4]", "cells_per_chunk=2",
                                            "progress=false"])
-    real = sweep.sweep_mc
+    real = engine.sweep_mc
     calls = []
 
     def flaky(*a, **k):
@@ -91,7 +91,7 @@ def test_job_that_dies_keeps_finished_cells(tmp_path, monkeypatch):
             raise RuntimeError("node lost")
         return real(*a, **k)
 
-    monkeypatch.setattr(sweep, "sweep_mc", flaky)
+    monkeypatch.setattr(engine, "sweep_mc", flaky)
     s = Steer(cfg, tmp_path / "run1").run()
     assert len(s["failed_cells"]) == 2 and "node lost" in s["failed_cells"][0]["error"]
     calls.clear()

@@ -14,12 +14,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from eas import config as config_mod
-from eas.experiments.base import prepare
 from eas import judges, store
 from eas.cli import CONF_DIR
 from eas.core import cmaes, judge, score, tokens
 from eas.core import engine as engine_mod
 from eas.experiments import cmaes as cmaes_job
+from eas.experiments.base import prepare
 from eas.experiments.steer import Steer
 from eas.report.cmaes import gap_table, write_gap_table
 

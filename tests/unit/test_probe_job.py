@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -14,10 +13,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from eas import config as config_mod
-from eas.experiments.base import prepare
 from eas.cli import CONF_DIR
 from eas.data.schema import MCItem
 from eas.experiments import probe as probe_job
+from eas.experiments.base import prepare
 
 FAST = ["model=tiny_random", "experiment=probe", "progress=false", "experiment.n_random=50",
         "experiment.n_bootstrap=200", "experiment.c_grid=[0.1,1.0]", "experiment.ccs_restarts=2",
