@@ -71,7 +71,7 @@ class MethodConfig:
     # vectors made elsewhere instead of extracted: a .safetensors file or a run dir whose
     # vectors/ (steer, cmaes) or probes/ (probe) hold this method's vectors at this site
     vector_path: str | None = None
-    source: str = "pasf"  # method=cmaes: the extracted method the refined vector started from
+    source: str = "pasf"  # method=refined: the extracted method the refined vector started from
 
 
 @dataclass

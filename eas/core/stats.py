@@ -1,5 +1,9 @@
 """Statistics for eas reports: paired tests, effect sizes, confidence intervals, corrections.
 
+Thin over scipy and statsmodels (t-test, Wilcoxon, bootstrap, Wilson, Holm, Benjamini-Hochberg,
+McNemar); what no library has is written here: the stratified bootstrap of AUROC over
+resampled class counts, and the conventions below.
+
 Every function is pure: array-likes in (numpy arrays, lists, CPU tensors), plain floats or
 frozen dataclasses out. Nothing here reads files, prints or keeps state; randomness comes
 only from an explicit ``seed``.
@@ -10,6 +14,8 @@ Conventions:
     * Confidence levels are fractions in (0, 1), e.g. ``0.95``.
     * Inputs must be 1-D and finite; a bad input raises ``ValueError`` naming the argument
       and the value seen.
+    * A test whose statistic is undefined (paired differences with zero variance) gives NaN,
+      never p = 0.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from eas.core import capture as capture_mod
 from eas.core import engine, tokens
 from eas.core import score as score_mod
 from eas.core import vectors as vectors_mod
+from eas.core.select import best_cell
 from eas.data import load_benchmark, split_items
 from eas.data.schema import DataError, MCItem
 from eas.methods import base as methods
@@ -411,10 +412,8 @@ class Experiment:
 
     @staticmethod
     def select(val: dict[tuple[int, float], Scored]) -> tuple[int, float] | None:
-        """Best val accuracy; ties go to the smaller |strength|, then the lower layer."""
-        if not val:
-            return None
-        return max(val, key=lambda c: (val[c].accuracy, -abs(c[1]), -c[0]))
+        """The cell reported on test (``eas.core.select.best_cell``); None when nothing was scored."""
+        return best_cell({c: sc.accuracy for c, sc in val.items()})
 
     # -- step 5 -----------------------------------------------------------
     def meta(self) -> dict[str, Any]:

@@ -13,9 +13,9 @@
    exactly as an uninterrupted one;
 4. the refined vector is the best point seen on val; the extracted vector, its projection
    and the refined vector are scored on val and on test;
-5. write ``cmaes_history.parquet``, ``components.csv``, ``vectors/``, the fitness curve,
+5. write ``cmaes_history.parquet``, ``components.csv``, ``vectors/refined_<site>_L<layer>.safetensors``, the fitness curve,
    ``summary.json`` and ``manifest.json``; the refined vector also goes to the store,
-   where ``method=cmaes`` (``eas.methods.cmaes``) finds it.
+   where ``method=refined`` (``eas.methods.refined``) finds it.
 
 Fan-out (``experiment.fanout.workers=N``, ``eas.fanout``): step 3's fitness calls go to
 one submitit array of ``N`` long-lived workers (``cluster=local`` or ``slurm``, each with the
@@ -55,7 +55,7 @@ from eas.core import judge as judge_mod
 from eas.data.schema import MCItem
 from eas.experiments.base import Config as BaseConfig
 from eas.experiments.base import Experiment, method_module
-from eas.methods import cmaes as refined_method
+from eas.methods import refined as refined_method
 
 log = logging.getLogger("eas")
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -371,7 +371,7 @@ class CmaesJob(Experiment):
         store.write_csv(self.out / "components.csv", comp)
 
         meta = {**self.meta(), "method": s.method, "fitness": x.fitness}
-        self.write_vectors({layer: refined}, "cmaes", {layer: {"extracted": v0, "start": cells["start"][0],
+        self.write_vectors({layer: refined}, "refined", {layer: {"extracted": v0, "start": cells["start"][0],
                                                                "basis": space.basis}},
                            source_method=s.method, strength=repr(cells["refined"][1]), fitness=x.fitness)
         key = refined_method.stored_key(s.base_key, SimpleNamespace(source=s.method), s.site, layer)

@@ -1,9 +1,10 @@
-"""Reports over steering runs: merged tables, val-to-test selection, figures.
+"""Reports over runs: merged tables, val-to-test selection, figures.
 
-Reads what steering jobs write into their run dirs (``results.parquet``, ``summary.json``,
-``predictions/``, ``manifest.json``); ``eas-report DIR...`` (``eas.report.cli``) writes the
-merged report. Runs are grouped by setup (``eas.report.setups``), so runs whose configs differ
-in a field that changes results are never merged into each other.
+Reads what jobs write into their run dirs (``results.parquet``, ``probe_results.parquet``,
+``summary.json``, ``predictions/``, ``manifest.json``); ``eas-report DIR...``
+(``eas.report.cli``) writes the merged report of every experiment kind it finds. Runs are
+grouped by setup (``eas.report.setups``), so runs whose configs differ in a field that changes
+results are never merged into each other.
 """
 
 from eas.report.figures import (

@@ -8,7 +8,7 @@ one job dir per job with its ``status.json`` (written by the job), and at the en
 
 Modules: ``records`` (manifest and status records), ``pack`` (cells -> jobs), ``backend``
 (the launch backend protocol: submit arrays, job states, limits, teardown), ``backends``
-(one module per backend: ``local``, ``slurm``, ``vast``), ``slurm`` (squeue/sacct/scontrol),
+(``local``, ``slurm``; Vast.ai's is ``eas.vast.backend``), ``slurm`` (squeue/sacct/scontrol),
 ``status`` (each cell's state), ``report`` (the end of a sweep), ``launcher`` (the Hydra
 launcher), ``callback`` (the end-of-multirun hook), ``cli`` (``eas-sweep``).
 """

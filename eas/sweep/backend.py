@@ -5,12 +5,15 @@ job it was given, states its limits (the largest array, whether a launch may det
 tears down what a sweep holds. ``eas.sweep.launcher``, ``eas.sweep.status`` and
 ``eas-sweep`` talk only to this protocol, never to a backend by name.
 
-A backend is one module (plus one ``conf/hydra/launcher/<name>.yaml``): ``backend=<name>``
-is the module ``eas.sweep.backends.<name>``, a dotted name is a module anywhere on
-``sys.path`` (``eas.extensions``'s rule). The module defines ``BACKEND`` (a ``Backend``)
-and ``Conf`` (the structured config of ``hydra.launcher``, registered as
-``hydra/launcher=eas_<name>``). The manifest records the name, so ``eas-sweep`` finds
-the backend of a sweep dir from any shell.
+A launcher is one backend module plus one preset, ``conf/hydra/launcher/<preset>.yaml``,
+whose ``backend`` field names the module: a short name is a module of
+``eas.sweep.backends`` (``local``, ``slurm``), a dotted name a module anywhere on
+``sys.path`` (``eas.vast.backend``), by ``eas.extensions``'s rule. The module defines
+``BACKEND`` (a ``Backend``) and ``Conf`` (the structured config of ``hydra.launcher``,
+registered as ``hydra/launcher=eas_<preset>`` by eas's Hydra plugin, the base the preset
+extends). The manifest records the backend's name, so ``eas-sweep`` finds the backend of
+a sweep dir from any shell. eas.sweep imports no backend outside its package: the rule
+imports it by its path.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -72,6 +76,8 @@ class SweepFields:
 
 SWEEP_KEYS = tuple(SweepFields.__dataclass_fields__)
 LAUNCHER_TARGET = "hydra_plugins.eas_sweep.launcher.EasLauncher"
+# the launcher presets (hydra/launcher=<name>); eas.cli's config tree
+PRESETS = Path(__file__).resolve().parents[2] / "conf" / "hydra" / "launcher"
 
 
 class Backend:
@@ -148,9 +154,22 @@ class Backend:
 
 
 def builtin() -> list[str]:
-    """The backends eas ships (the modules of ``eas.sweep.backends``)."""
+    """The short names of ``eas.sweep.backends``'s modules."""
     pkg = importlib.import_module(PACKAGE)
     return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
+
+
+@cache
+def presets() -> dict[str, str]:
+    """``{preset: backend}`` for every ``conf/hydra/launcher/<preset>.yaml`` that names a backend."""
+    from omegaconf import OmegaConf
+
+    out = {}
+    for path in sorted(PRESETS.glob("*.yaml")):
+        name = OmegaConf.load(path).get("backend")
+        if name:
+            out[path.stem] = str(name)
+    return out
 
 
 def load_module(name: str, field: str = "hydra.launcher.backend"):
@@ -165,7 +184,9 @@ def load(name: str, field: str = "hydra.launcher.backend") -> Backend:
 
 def of_manifest(manifest: dict | None) -> Backend:
     """The backend that ran a sweep: the one its manifest names; a sweep without one ran locally."""
-    name = (manifest or {}).get("backend") or (manifest or {}).get("launcher")
+    name = (manifest or {}).get("backend")
     if manifest is not None and not name:
-        name = "slurm"  # manifests of eas before the backend field: only SLURM wrote them
+        # manifests of eas before backends name the preset (vast) or nothing (SLURM wrote those)
+        launcher = manifest.get("launcher") or "slurm"
+        name = presets().get(launcher, launcher)
     return load(name or "local", f"{(manifest or {}).get('sweep_dir', 'the sweep')}/sweep.json: backend")

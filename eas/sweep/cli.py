@@ -70,7 +70,7 @@ def resume(sweep_dir: Path, detach: bool | None, overrides: list[str]) -> int:
     manifest = records.read_manifest(sweep_dir)
     if manifest is None:
         print(f"eas-sweep: error: {sweep_dir} has no {records.MANIFEST}; only sweeps launched with eas's "
-              f"launcher (hydra/launcher={'|'.join(backends.builtin())}) can be resumed", file=sys.stderr)
+              f"launcher (hydra/launcher={'|'.join(backends.presets())}) can be resumed", file=sys.stderr)
         return 2
     bad = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
     if bad:

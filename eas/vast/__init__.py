@@ -2,12 +2,12 @@
 
 ``submitit.AutoExecutor(cluster="vast")`` gives each rented instance a batch of jobs,
 moves code and results over SSH/rsync, and destroys every instance it created, also on
-error and on Ctrl-C. The sweep's backend over it is ``eas.sweep.backends.vast``
-(``hydra/launcher=vast``); this package imports nothing of ``eas.sweep``. The SDK is
-imported only when a client is made (``api.client``).
+error and on Ctrl-C. The sweep's backend over it is ``backend`` (``hydra/launcher=vast``),
+the one module of this package that imports ``eas.sweep`` (its protocol); eas.sweep finds
+it by its module path. The SDK is imported only when a client is made (``api.client``).
 
 Modules: ``api`` (the vastai SDK: key, offers, instances), ``remote`` (SSH/rsync to an
-instance), ``executor`` (the submitit executor plugin and job environment), ``runner``
-(what runs a job on the instance), ``records`` (which instances a launch created, each
+instance), ``executor`` (the submitit executor plugin and job environment), ``backend``
+(the sweep's Vast.ai backend), ``runner`` (what runs a job on the instance), ``records`` (which instances a launch created, each
 job's state), ``cli`` (``eas-vast``).
 """

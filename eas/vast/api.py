@@ -15,8 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tenacity import (Retrying, retry_if_exception, retry_if_result, stop_after_attempt, stop_after_delay,
-                      wait_exponential, wait_fixed)
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    retry_if_result,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+    wait_fixed,
+)
 
 log = logging.getLogger("eas")
 API_ATTEMPTS = 4  # waits 1, 2, 4 s between them

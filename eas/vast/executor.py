@@ -13,8 +13,8 @@ Paths: the job pickles hold absolute paths (sweep dir, config dir), so the code 
 to the same absolute path on the instance and jobs run from the same working directory;
 Vast logs in as root, which may create them.
 
-This package is a submitit executor and knows nothing of sweeps; ``eas.sweep.backends.vast``
-is the sweep's backend over it (what env vars reach the jobs, which dirs come back).
+The executor knows nothing of sweeps; ``eas.vast.backend`` is the sweep's backend over it
+(what env vars reach the jobs, which dirs come back).
 """
 
 from __future__ import annotations
@@ -31,7 +31,14 @@ import typing as tp
 from pathlib import Path
 
 from submitit.core import core, job_environment, utils
-from tenacity import Retrying, retry_if_exception_type, retry_if_result, stop_after_attempt, stop_after_delay, wait_fixed
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_fixed,
+)
 
 from eas.vast import api, records
 from eas.vast.remote import Remote

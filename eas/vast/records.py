@@ -7,7 +7,7 @@
   ``COMPLETED``, ``FAILED`` (the job ran and raised), ``CANCELLED`` (lost before it
   started), ``NODE_FAIL`` (lost while running: outbid, instance died), or ``UNKNOWN`` (no
   record). SLURM's words, for a reader who knows ``sacct``; the sweep's Vast backend
-  (``eas.sweep.backends.vast``) reads them as the protocol's phases.
+  (``eas.vast.backend``) reads them as the protocol's phases.
 """
 
 from __future__ import annotations

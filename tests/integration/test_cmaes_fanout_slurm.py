@@ -39,7 +39,7 @@ def test_cmaes_on_a_slurm_array_runs_the_in_process_search(slurm_cluster, tmp_pa
     assert s["fanout_workers"] == 2 and s["fanout_cluster"] == "slurm" and s["generations"] == ref["generations"]
     pd.testing.assert_frame_equal(_history(tmp_path / "run"), _history(tmp_path / "ref_run"), check_exact=False,
                                   rtol=1e-5, atol=1e-6)
-    a, b = (store.read_tensors(d / "vectors/cmaes_residual_L1.safetensors")["vector"]
+    a, b = (store.read_tensors(d / "vectors/refined_residual_L1.safetensors")["vector"]
             for d in (tmp_path / "run", tmp_path / "ref_run"))
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 

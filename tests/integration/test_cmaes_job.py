@@ -61,7 +61,7 @@ def test_cmaes_runs_and_resumes_after_sigkill(tmp_path):
     assert s["experiment"] == "cmaes" and s["generations"] == 4 and s["k"] == 16
     assert s["fitness_curve"]["end"] >= s["fitness_curve"]["start"]
     assert 0 <= s["refined"]["test"]["accuracy"] <= 1 and s["n"]["test"] == 12
-    for f in ("figures/fitness_curve.png", "vectors/cmaes_residual_L14.safetensors", "manifest.json",
+    for f in ("figures/fitness_curve.png", "vectors/refined_residual_L14.safetensors", "manifest.json",
               "components.csv"):
         assert (run_a / f).exists(), f
 

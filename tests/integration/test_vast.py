@@ -37,8 +37,8 @@ pytestmark = [
 ]
 pytest.importorskip("vastai", reason="the vastai SDK is not installed (eas's extra `vast`): run `make vast`")
 
-from tests.vast_fake import FakeVast
 from eas.vast.remote import Remote
+from tests.vast_fake import FakeVast
 
 
 def free_port() -> int:
@@ -138,7 +138,7 @@ def test_sweep_runs_on_instances_and_results_come_back(vast, tmp_path):
     assert q["gpu_name"] == {"eq": "RTX 4090"} and q["dph_total"] == {"lte": 0.5} and q["num_gpus"] == {"eq": 1}
     assert all(req["auth"] == f"Bearer {KEY}" for req in vast.requests)
     manifest = json.loads((d / "sweep.json").read_text())
-    assert manifest["backend"] == "vast" and [len(j["cells"]) for j in manifest["jobs"]] == [2, 2]
+    assert manifest["backend"] == "eas.vast.backend" and [len(j["cells"]) for j in manifest["jobs"]] == [2, 2]
     # results were written on the instances (their own /tmp) and rsynced back here
     job_dirs = sorted(p.parent for p in d.glob("*/results.parquet"))
     assert len(job_dirs) == 2

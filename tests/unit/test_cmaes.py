@@ -1,5 +1,5 @@
 """CMA-ES refinement: the search space, batched generations on the engine, exact resume,
-the job (kill and resume, method=cmaes in the steer sweep), judges and the gap table."""
+the job (kill and resume, method=refined in the steer sweep), judges and the gap table."""
 
 from __future__ import annotations
 
@@ -191,7 +191,7 @@ def test_job_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path, monkey
     summary_a = cmaes_job.run(cfg_a, tmp_path / "a" / "run")
     run_a = tmp_path / "a" / "run"
     for f in ("cmaes_history.parquet", "summary.json", "manifest.json", "components.csv",
-              "figures/fitness_curve.png", "vectors/cmaes_residual_L1.safetensors"):
+              "figures/fitness_curve.png", "vectors/refined_residual_L1.safetensors"):
         assert (run_a / f).exists(), f
     assert summary_a["generations"] == 4 and summary_a["resumed_from"] == 0
     assert summary_a["fitness_curve"]["end"] >= summary_a["fitness_curve"]["start"]
@@ -213,8 +213,8 @@ def test_job_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path, monkey
     summary_b = cmaes_job.run(cfg_b, tmp_path / "b" / "run2")
     assert summary_b["resumed_from"] == 2
     pd.testing.assert_frame_equal(_history(tmp_path / "b" / "run2"), _history(run_a))
-    va = store.read_tensors(run_a / "vectors/cmaes_residual_L1.safetensors")
-    vb = store.read_tensors(tmp_path / "b" / "run2" / "vectors/cmaes_residual_L1.safetensors")
+    va = store.read_tensors(run_a / "vectors/refined_residual_L1.safetensors")
+    vb = store.read_tensors(tmp_path / "b" / "run2" / "vectors/refined_residual_L1.safetensors")
     torch.testing.assert_close(va["vector"], vb["vector"], atol=0, rtol=0)
     for split in ("val", "test"):
         assert summary_b["refined"][split] == summary_a["refined"][split]
@@ -226,15 +226,15 @@ def test_job_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path, monkey
     assert again["resumed_from"] == 4
 
     # the refined vector is a steering method: found in the store, or from the run dir
-    steer_cfg = _cfg(tmp_path, "a", "method.source=mean_diff", experiment="steer", method="cmaes")
+    steer_cfg = _cfg(tmp_path, "a", "method.source=mean_diff", experiment="steer", method="refined")
     s = Steer(steer_cfg, tmp_path / "a" / "steer").run()
-    assert s["method"] == "cmaes" and s["best"] is not None
-    from_dir = _cfg(tmp_path, "c", f"method.vector_path={run_a}", experiment="steer", method="cmaes")
+    assert s["method"] == "refined" and s["best"] is not None
+    from_dir = _cfg(tmp_path, "c", f"method.vector_path={run_a}", experiment="steer", method="refined")
     assert Steer(from_dir, tmp_path / "c" / "steer").run()["best"] is not None
     from eas.methods.base import VectorError
 
     with pytest.raises(VectorError, match=r"no vector for layer=\[1\] in the store.*experiment=cmaes method=mean_diff"):
-        Steer(_cfg(tmp_path, "d", "method.source=mean_diff", experiment="steer", method="cmaes"),
+        Steer(_cfg(tmp_path, "d", "method.source=mean_diff", experiment="steer", method="refined"),
               tmp_path / "d" / "steer").run()
 
     # the gap table over runs
@@ -243,14 +243,14 @@ def test_job_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path, monkey
 
 
 def test_config_validation():
-    with pytest.raises(config_mod.ConfigError, match="method=cmaes with experiment=cmaes"):
-        _cfg_plain(["experiment=cmaes", "method=cmaes"])
+    with pytest.raises(config_mod.ConfigError, match="method=refined with experiment=cmaes"):
+        _cfg_plain(["experiment=cmaes", "method=refined"])
     with pytest.raises(config_mod.ConfigError, match="experiment.fitness"):
         _cfg_plain(["experiment=cmaes", "experiment.fitness=accuracy"])
     with pytest.raises(config_mod.ConfigError, match="experiment.popsize=1"):
         _cfg_plain(["experiment=cmaes", "experiment.popsize=1"])
     with pytest.raises(config_mod.ConfigError, match="method.source"):
-        _cfg_plain(["method=cmaes", "method.source=cmaes"])
+        _cfg_plain(["method=refined", "method.source=refined"])
 
 
 def _cfg_plain(overrides):

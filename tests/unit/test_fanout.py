@@ -127,8 +127,8 @@ def in_process(tmp_path_factory):
 
 def _close_to(run_dir: Path, ref_dir: Path) -> None:
     pd.testing.assert_frame_equal(_history(run_dir), _history(ref_dir), check_exact=False, rtol=1e-5, atol=1e-6)
-    a = store.read_tensors(run_dir / "vectors/cmaes_residual_L1.safetensors")["vector"]
-    b = store.read_tensors(ref_dir / "vectors/cmaes_residual_L1.safetensors")["vector"]
+    a = store.read_tensors(run_dir / "vectors/refined_residual_L1.safetensors")["vector"]
+    b = store.read_tensors(ref_dir / "vectors/refined_residual_L1.safetensors")["vector"]
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 

@@ -70,7 +70,7 @@ def test_too_few_names_the_counts(prompter):
 
 def test_every_builtin_method_is_a_method_module():
     names = extensions.builtin("method")
-    assert {"pasf", "ipas_all", "ipas_wrong_only", "mean_diff", "pca", "probe", "random", "cmaes"} <= set(names)
+    assert {"pasf", "ipas_all", "ipas_wrong_only", "mean_diff", "pca", "probe", "random", "refined"} <= set(names)
     for name in names:
         m = base.module({"name": name})
         assert base.is_extracted(m) or hasattr(m, "stored_key"), name

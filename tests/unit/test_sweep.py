@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from eas.sweep import cli as sweep_cli
 from eas import extensions
 from eas.sweep import backend, records, slurm
+from eas.sweep import cli as sweep_cli
 from eas.sweep.backends import slurm as slurm_backend
 from eas.sweep.pack import pack
 from eas.sweep.status import resolve_job, sweep_status
@@ -207,10 +207,11 @@ def test_job_record_exit_paths(tmp_path):
 
 # -- the backend rule --------------------------------------------------------
 def test_a_backend_is_a_module_chosen_by_name():
-    assert backend.builtin() == ["local", "slurm", "vast"]
+    assert backend.builtin() == ["local", "slurm"]
+    assert backend.presets() == {"local": "local", "slurm": "slurm", "vast": "eas.vast.backend"}
     assert backend.load("slurm") is slurm_backend.BACKEND
     assert backend.load("eas.sweep.backends.local").name == "local"  # a dotted path: any module on sys.path
-    with pytest.raises(extensions.ExtensionError, match=r"hydra.launcher.backend='sge': no module .*local, slurm, vast"):
+    with pytest.raises(extensions.ExtensionError, match=r"hydra.launcher.backend='sge': no module .*choose one of local, slurm or give a dotted"):
         backend.load("sge")
     # manifests of eas before backends name no backend: SLURM wrote them
     assert backend.of_manifest({"jobs": []}) is slurm_backend.BACKEND
@@ -225,7 +226,7 @@ def _vast_sweep(tmp_path: Path, words: dict[str, str]) -> Path:
     jobs = [{"num": i, "overrides": [f"layer={i}"], "cells": [[f"layer={i}"]], "job_id": jid}
             for i, jid in enumerate(words)]
     d.mkdir()
-    (d / records.MANIFEST).write_text(json.dumps({"backend": "vast", "submitit_folder": str(folder), "jobs": jobs}))
+    (d / records.MANIFEST).write_text(json.dumps({"backend": "eas.vast.backend", "submitit_folder": str(folder), "jobs": jobs}))
     for jid, word in words.items():
         (d / ".submitit" / jid).mkdir(parents=True)
         (d / ".submitit" / jid / "vast_state.json").write_text(json.dumps({"state": word}))
@@ -254,7 +255,8 @@ def test_local_backend_reads_pids_on_its_own_host(tmp_path, monkeypatch):
 
     from eas.sweep.backends import local
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     gone = dead.stdout.strip()
     mine = {"host": socket.gethostname()}
     states = local.BACKEND.job_states(mine, [str(os.getpid()), gone])

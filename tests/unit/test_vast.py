@@ -199,7 +199,7 @@ def test_eas_sweep_cancel_destroys_the_sweeps_instances(fake, tmp_path, capsys, 
     root.mkdir(parents=True)
     records.log_instance(root, "created", iid, label="left")
     records.set_job_state(root / "v1_0", "RUNNING")
-    (d / "sweep.json").write_text(json.dumps({"backend": "vast", "submitit_folder": str(root / "%j"), "jobs": [
+    (d / "sweep.json").write_text(json.dumps({"backend": "eas.vast.backend", "submitit_folder": str(root / "%j"), "jobs": [
         {"num": 0, "overrides": ["layer=1"], "cells": [["layer=1"]], "job_id": "v1_0"}]}))
     monkeypatch.setenv("VAST_URL", fake.url)  # the backend's client: the SDK's server, or VAST_URL
     assert sweep_cli.main(["cancel", str(d)]) == 0

@@ -22,7 +22,7 @@ def test_vast_preset_composes_with_overrides():
                     "hydra.launcher.gpu_name=A100 SXM4", "hydra.launcher.instances=4"])
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
     assert launcher["_target_"] == "hydra_plugins.eas_sweep.launcher.EasLauncher"
-    assert launcher["backend"] == "vast"
+    assert launcher["backend"] == "eas.vast.backend"
     assert launcher["spot"] is True and launcher["max_dph"] == 0.3 and launcher["gpu_name"] == "A100 SXM4"
     assert launcher["instances"] == 4 and launcher["cells_per_job"] == 9 and launcher["disk_gb"] == 40
 

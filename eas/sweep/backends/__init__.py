@@ -1,6 +1,7 @@
-"""eas's launch backends, one module each (``hydra.launcher.backend=<module name>``).
+"""The launch backends that need nothing outside eas.sweep, one module each (the short names
+of ``hydra.launcher.backend``; Vast.ai's is ``eas.vast.backend``).
 
 Each module defines ``BACKEND`` (an ``eas.sweep.backend.Backend``) and ``Conf`` (its
-``hydra.launcher`` fields, registered as ``hydra/launcher=eas_<name>``); its preset is
-``conf/hydra/launcher/<name>.yaml``. See ``eas.sweep.backend`` for the protocol.
+``hydra.launcher`` fields); its preset is ``conf/hydra/launcher/<name>.yaml``. See
+``eas.sweep.backend`` for the protocol.
 """

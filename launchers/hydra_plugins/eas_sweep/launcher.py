@@ -1,9 +1,10 @@
 """eas's Hydra launcher plugin: ``hydra/launcher=local|slurm|vast`` (``conf/hydra/launcher``).
 
 Hydra instantiates launchers only from the ``hydra_plugins`` namespace, so the class
-lives here; its logic is ``eas.sweep.launcher``, and what differs between backends is
-``eas.sweep.backends.<name>``. Every backend's ``Conf`` is registered as
-``hydra/launcher=eas_<name>``, the base its preset yaml extends.
+lives here; its logic is ``eas.sweep.launcher``, and what differs between launchers is
+the backend module each preset names (``eas.sweep.backend``). The ``Conf`` of the backend
+of every preset ``<name>.yaml`` is registered as ``hydra/launcher=eas_<name>``, the base
+the preset extends: a new launcher is its backend module and its preset, nothing here.
 """
 
 from hydra.core.config_store import ConfigStore
@@ -18,6 +19,7 @@ class EasLauncher(SweepLauncher, BaseSubmititLauncher):
     over the backend ``hydra.launcher.backend`` names."""
 
 
-for _name in backend.builtin():
-    ConfigStore.instance().store(group="hydra/launcher", name=f"eas_{_name}", node=backend.load_module(_name).Conf,
+for _preset, _backend in backend.presets().items():
+    ConfigStore.instance().store(group="hydra/launcher", name=f"eas_{_preset}",
+                                 node=backend.load_module(_backend, f"conf/hydra/launcher/{_preset}.yaml: backend").Conf,
                                  provider="eas")

@@ -1,4 +1,4 @@
-"""The vector ``experiment=cmaes`` refined from an extracted one (``method.source``).
+"""``method=refined``: the vector ``experiment=cmaes`` refined from an extracted one (``method.source``).
 
 Not extracted here: the steer experiment finds the refinement in the store, at the same
 setup, layer and site, or reads it from ``method.vector_path`` (a cmaes run dir or file)."""
@@ -21,5 +21,5 @@ def stored_key(base_key: list, method_cfg, site: str, layer: int) -> str:
 def validate(cfg) -> None:
     source = cfg.method.source
     if not is_extracted(module({"name": source})):
-        raise ConfigError(f"method.source={source!r}: method=cmaes steers with a vector refined from an "
+        raise ConfigError(f"method.source={source!r}: method=refined steers with a vector refined from an "
                           f"extracted one; name how it was extracted, e.g. method.source=pasf")

@@ -1,9 +1,11 @@
-"""``hydra/launcher=vast``: the sweep's jobs on rented Vast.ai GPU instances (``eas.vast``'s
-submitit executor), destroyed on every way out of the launcher.
+"""The sweep's Vast.ai backend (``hydra/launcher=vast``, ``backend: eas.vast.backend``): the
+jobs on rented GPU instances (``eas.vast.executor``), destroyed on every way out of the launcher.
 
 A job's state is the Vast executor's record of it (``eas.vast.records``); ``cancel``
 destroys every instance the sweep created and did not destroy (what ``eas-vast destroy``
 does). Needs the vastai SDK only to launch or cancel: ``eas-sweep status`` reads records.
+This module implements ``eas.sweep.backend``'s protocol; eas.sweep finds it by its module
+path (the preset names it), never by importing eas.vast.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class Conf(SweepFields, BaseQueueConf):
     """What to rent and how to run on it (all under ``hydra.launcher``)."""
 
     _target_: str = LAUNCHER_TARGET
-    backend: str = "vast"
+    backend: str = "eas.vast.backend"
     submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
     # the offer: GPU model (Vast's gpu_name, e.g. "RTX 4090", "A100 SXM4"; null: any), count, price
     gpu_name: str | None = "RTX 4090"
