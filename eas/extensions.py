@@ -18,6 +18,7 @@ PACKAGES = {
     "method": "eas.methods",
     "format": "eas.data.formats",
     "experiment": "eas.experiments",
+    "launcher": "eas.sweep.backends",
 }
 
 
