@@ -29,7 +29,7 @@ from eas.sweep.backend import Backend, JobPhase
 STATES = ("done", "failed", "died", "interrupted", "running", "pending", "missing", "unknown")
 LIVE = ("running", "pending", "unknown")  # resume leaves these alone
 RESUMABLE = ("failed", "died", "interrupted", "missing")  # resume resubmits these
-# how a steer job names a cell in summary.json's failed_cells (eas.jobs.steer.cell_name)
+# how a steer job names a cell in summary.json's failed_cells (eas.experiments.base.cell_name)
 _CELL_NAME = re.compile(r"L(?P<layer>-?\d+)_s(?P<strength>[^/\s]+)$")
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
