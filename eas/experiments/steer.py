@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
@@ -74,7 +75,11 @@ class Steer(Experiment):
             test_block = {"accuracy": best_test.accuracy, "unsteered_accuracy": base["test"].accuracy,
                           "delta": best_test.accuracy - base["test"].accuracy, "delta_low": ci.low,
                           "delta_high": ci.high, "n": len(a), "wrong_to_right": int((~u & a).sum()),
-                          "right_to_wrong": int((u & ~a).sum()), "mcnemar_p": stats.mcnemar(u, a, exact=True).p_value}
+                          "right_to_wrong": int((u & ~a).sum()), "mcnemar_p": stats.mcnemar(u, a, exact=True).p_value,
+                          # how often each letter is answered: a change that only moves these is a letter
+                          # preference, not the behaviour (labels are balanced over letters in most sets)
+                          "letters": {"unsteered": letter_counts(base["test"].preds, self.bench),
+                                      "steered": letter_counts(best_test.preds, self.bench)}}
         summary = {
             **meta, "method": self.method,
             "unsteered": {k: v.accuracy for k, v in base.items()},
@@ -94,6 +99,13 @@ class Steer(Experiment):
         return summary
 
 
+def letter_counts(preds: list[int], bench) -> dict[str, int]:
+    """``{letter: how many items were answered with it}`` over the benchmark's letters."""
+    n = max(len(it.options) for it in bench.items)
+    counts = np.bincount(np.asarray(preds, int), minlength=n)
+    return {chr(ord("A") + i): int(c) for i, c in enumerate(counts)}
+
+
 def headline(s: dict) -> list[str]:
     u = s["unsteered"]
     lines = [f"eas: {s['model']} on {s['benchmark']} ({s['method']} @ {s['steer_target']})",
@@ -103,8 +115,12 @@ def headline(s: dict) -> list[str]:
         lines.append(f"  best val cell: {b['cell']} (val {b['val_accuracy']:.3f})")
         if t:
             lines.append(f"  test: {t['accuracy']:.3f} vs unsteered {t['unsteered_accuracy']:.3f} "
-                         f"(delta {t['delta']:+.3f}, 95% CI [{t['delta_low']:+.3f}, {t['delta_high']:+.3f}]; "
-                         f"wrong->right {t['wrong_to_right']}, right->wrong {t['right_to_wrong']}, n={t['n']})")
+                         f"(delta {t['delta']:+.3f}, 95% CI [{t['delta_low']:+.3f}, {t['delta_high']:+.3f}], "
+                         f"exact McNemar p {t['mcnemar_p']:.3f}; wrong->right {t['wrong_to_right']}, "
+                         f"right->wrong {t['right_to_wrong']}, n={t['n']})")
+            u, st = t["letters"]["unsteered"], t["letters"]["steered"]
+            lines.append(f"  test answers {'/'.join(u)}: unsteered {'/'.join(map(str, u.values()))} -> "
+                         f"steered {'/'.join(map(str, st.values()))}")
     if s["failed_cells"]:
         lines.append(f"  FAILED cells: {len(s['failed_cells'])} (see summary.json)")
     return lines

@@ -14,6 +14,9 @@ import io
 import logging
 from pathlib import Path
 
+import pandas as pd
+
+from eas.report.tables import to_markdown
 from eas.sweep.status import RESUMABLE, SweepStatus, sweep_status
 
 log = logging.getLogger("eas")
@@ -26,11 +29,10 @@ def _markdown(st: SweepStatus, report: Path | None) -> str:
     lines = [f"# sweep {st.sweep_dir}", "", st.counts(), ""]
     if report is not None:
         lines += [f"Merged results: {report}/summary_table.md", ""]
-    lines += ["| state | job | cell | error |", "|---|---|---|---|"]
-    for c in st.cells:
-        err = (c.error or "").strip().splitlines()
-        lines.append(f"| {c.state} | {c.job_id or c.num or ''} | {' '.join(c.cell)} | "
-                     f"{(err[-1] if err else '').replace('|', '/')} |")
+    table = pd.DataFrame([{"state": c.state, "job": str(c.job_id or c.num or ""), "cell": " ".join(c.cell),
+                           "error": ((c.error or "").strip().splitlines() or [""])[-1]} for c in st.cells],
+                         columns=["state", "job", "cell", "error"])
+    lines.append(to_markdown(table))
     failed = [j for j in st.jobs if j.state in RESUMABLE and j.error]
     if failed:
         lines += ["", "## Errors", ""]
