@@ -125,22 +125,22 @@ def validate(cfg: DictConfig) -> None:
 
 
 # -- fitness plugins (experiment.fitness): (job, layer, split) -> fitness over deltas ------
-def val_accuracy(job: CmaesJob, layer: int, split: str) -> cmaes.Fitness:
+def val_accuracy(job: Cmaes, layer: int, split: str) -> cmaes.Fitness:
     """Steered MC accuracy, ties broken by mean p(correct letter) (``cmaes.accuracy_fitness``)."""
     return job.mc_fitness(layer, split, partial(cmaes.accuracy_fitness, tiebreak=bool(job.x.tiebreak)))
 
 
-def behaviour_logprob(job: CmaesJob, layer: int, split: str) -> cmaes.Fitness:
+def behaviour_logprob(job: Cmaes, layer: int, split: str) -> cmaes.Fitness:
     """Mean log-probability of the behaviour-matching letter (the label of an A/B set)."""
     return job.mc_fitness(layer, split, cmaes.label_logprob)
 
 
-def judge(job: CmaesJob, layer: int, split: str) -> cmaes.Fitness:
+def judge(job: Cmaes, layer: int, split: str) -> cmaes.Fitness:
     """A local judge model's mean ``log P(yes)`` for the rubric on steered continuations."""
     return job.judge_fitness(layer, split, job.local_judge())
 
 
-def api_judge(job: CmaesJob, layer: int, split: str) -> cmaes.Fitness:
+def api_judge(job: Cmaes, layer: int, split: str) -> cmaes.Fitness:
     """As ``judge``, asked of an OpenAI-compatible endpoint (responses cached on disk)."""
     return job.judge_fitness(layer, split, job.api_judge())
 
@@ -153,7 +153,7 @@ FITNESSES: dict[str, Callable[[Any, int, str], cmaes.Fitness]] = {
 }
 
 
-class CmaesJob(Experiment):
+class Cmaes(Experiment):
     """One refinement: the base's loaded state, plus the search and its checkpoints."""
 
     def __init__(self, cfg: DictConfig, out_dir: Path):
@@ -443,7 +443,7 @@ def worker_fitness(cfg_path: str, cwd: str, layer: int, base_key: str) -> cmaes.
     os.chdir(cwd)
     cfg = OmegaConf.merge(OmegaConf.structured(EasConfig), OmegaConf.load(cfg_path))
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_task)))
-    job = CmaesJob(cfg, Path(cfg_path).parent)
+    job = Cmaes(cfg, Path(cfg_path).parent)
     job.load()
     if store.key(job.base_key) != base_key:
         raise RuntimeError(f"fan-out worker: model {job.lm.name} or benchmark {job.bench.name} "
@@ -459,4 +459,4 @@ def _question(item: MCItem) -> str:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    return CmaesJob(cfg, out_dir).run()
+    return Cmaes(cfg, out_dir).run()

@@ -10,16 +10,7 @@ import pytest
 import torch
 
 from eas.core import capture, engine, score, tokens, vectors
-
-TEXTS = [
-    "Question: what is the answer? A. yes B. no Answer:",
-    "the of and to Answer:",
-    "A B C D the answer is yes and no and true of the that it for on with as was by Answer:",
-]
-
-
-def rows(tokenizer, texts=TEXTS):
-    return tokens.encode(tokenizer, texts)
+from tests.unit.test_core import TEXTS, rows  # noqa: F401 - the same texts as the core's tests
 
 
 @pytest.mark.parametrize("rule", ["last", "mid", "mean"])
