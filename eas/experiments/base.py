@@ -189,6 +189,9 @@ class Experiment:
                  self.lm.sites.n_layers, self.lm.load_seconds, self.lm.device)
         p = cfg.prompt
         self.prompter = Prompter(self.lm.tokenizer, p.format, p.system, p.instruction)
+        if p.format == "chat" and not self.prompter.uses_chat:
+            log.warning("prompt.format=chat, but model %s has no chat template: its prompts are plain text",
+                        self.lm.name)
         n_letters = max(len(it.options) for it in self.bench.items)
         self.letter_ids = score_mod.letter_token_ids(self.lm.tokenizer, n_letters)
         self.head = score_mod.LetterHead(self.lm.model, self.letter_ids)
