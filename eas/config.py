@@ -19,6 +19,7 @@ from eas.core.sites import FAMILIES
 
 SITES = tuple(dict.fromkeys(name for family in FAMILIES.values() for name in family.sites))  # any family's
 POSITIONS = ("last", "mid", "mean")
+READ_RULES = ("same", "pas_reference")  # method.read
 PROMPT_FORMATS = ("chat", "plain")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "4bit", "8bit")
@@ -72,6 +73,10 @@ class MethodConfig:
     # vectors/ (steer, cmaes) or probes/ (probe) hold this method's vectors at this site
     vector_path: str | None = None
     source: str = "pasf"  # method=refined: the extracted method the refined vector started from
+    # where a vector for layer L is read: "same" = the tensor it steers (eas's contract);
+    # "pas_reference" = the PAS authors' rule: a residual vector is read from block L's input
+    # (their hidden_states[L], the output of block L-1) and added to block L's output
+    read: str = "same"
 
 
 @dataclass
@@ -204,6 +209,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.model.source == "random" and not cfg.model.architecture:
         raise ConfigError("model.architecture is required for model.source=random")
     choice("method.position", cfg.method.position, POSITIONS)
+    choice("method.read", cfg.method.read, READ_RULES)
     choice("steer_target.site", cfg.steer_target.site, SITES)
     choice("prompt.format", cfg.prompt.format, PROMPT_FORMATS)
     choice("benchmark.duplicates", cfg.benchmark.duplicates, ("drop", "error"))

@@ -148,6 +148,13 @@ def prepare(cfg: DictConfig) -> ModuleType:
     return kind
 
 
+def read_site(cfg: DictConfig) -> str:
+    """The site a vector for ``steer_target.site`` is read at (``method.read``): the same one,
+    or under the PAS reference's rule the residual stream before the block (``residual_pre``)."""
+    site = cfg.steer_target.site
+    return "residual_pre" if cfg.method.get("read", "same") == "pas_reference" and site == "residual" else site
+
+
 def method_module(cfg: DictConfig):
     """The module of the job's method (``eas.methods.base.module``)."""
     return methods.module(cfg.method)
@@ -165,6 +172,7 @@ class Experiment:
         self.strengths = as_number_list("strength", cfg.strength, float)
         self.method = cfg.method.name
         self.site = cfg.steer_target.site
+        self.read_site = read_site(cfg)
         self.position = cfg.method.position
         self.seed = int(cfg.seed)
         self.progress = bool(cfg.progress)
@@ -282,7 +290,7 @@ class Experiment:
             self.vector_id = methods.vector_id(vecs)
             return vecs
         vkeys = {L: store.key("vector", self.base_key, self.method, self.position, self.site, L,
-                              cfg.method.normalize, cfg.method.min_per_class) for L in self.layers}
+                              cfg.method.normalize, cfg.method.min_per_class, *self.read_key) for L in self.layers}
         cached = {L: self.store.get_tensors("vectors", k) for L, k in vkeys.items()}
         if all(v is not None for v in cached.values()):
             log.info("vectors: %d from the store, 0 computed", len(cached))
@@ -290,7 +298,7 @@ class Experiment:
         contrast = self.contrast(train)
         log.info("%s contrast: %d positives, %d negatives", self.method,
                  len(contrast.positives), len(contrast.negatives))
-        acts = self.activations(contrast.texts)  # one pass over both sides: fewer, fuller batches
+        acts = self.activations(contrast.texts, self.read_site)  # one pass over both sides: fuller batches
         n_pos = len(contrast.positives)
         out = {}
         for L in self.layers:
@@ -309,7 +317,8 @@ class Experiment:
             return methods.read_vectors(path, want)
         out = {}
         for L in self.layers:
-            rec = self.store.get_tensors("vectors", m.stored_key(self.base_key, self.cfg.method, self.site, L))
+            rec = self.store.get_tensors("vectors", m.stored_key([*self.base_key, *self.read_key], self.cfg.method,
+                                                                 self.site, L))
             if rec is not None:
                 methods.check_width(rec["vector"], want.d_model, f"the store's {self.method} vector at layer {L}")
                 out[L] = rec["vector"].float()
@@ -320,8 +329,13 @@ class Experiment:
                                       f"({self.store.root}; has layers {sorted(out)}). {hint}")
         return out
 
-    def activations(self, texts: list[str]) -> dict[int, torch.Tensor]:
-        """``{layer: [text, d_model]}`` at the site and position.
+    @property
+    def read_key(self) -> list[str]:
+        """What a vector's and a cell's store keys add when vectors are read at another site."""
+        return [] if self.read_site == self.site else ["read", self.read_site]
+
+    def activations(self, texts: list[str], site: str | None = None) -> dict[int, torch.Tensor]:
+        """``{layer: [text, d_model]}`` at ``site`` (default: the steered site) and the position.
 
         Every layer of the model is captured on a miss, so other jobs of the sweep (other
         layers) find them cached. Texts are captured in shards of ``capture_shard_size``, each
@@ -331,16 +345,17 @@ class Experiment:
         size = max(1, int(self.cfg.get("capture_shard_size", 2048)))
         shards = []
         todo = [texts[i:i + size] for i in range(0, len(texts), size)]
+        site = site or self.site
         before = self.store.tally("activations")
         with self.bar(len(texts), "capture") as bar:
             for part in todo:
-                k = store.key("acts", self.lm.fingerprint, part, self.prompter.add_special_tokens, self.site,
+                k = store.key("acts", self.lm.fingerprint, part, self.prompter.add_special_tokens, site,
                               self.position)
                 acts = self.store.get_tensors("activations", k)
                 if acts is None:
                     rows = self.rows(part)
                     got = self.oom_safe(lambda bs, rows=rows: capture_mod.capture(
-                        self.lm.model, self.lm.sites, rows, list(range(self.lm.sites.n_layers)), self.site,
+                        self.lm.model, self.lm.sites, rows, list(range(self.lm.sites.n_layers)), site,
                         (self.position,), bs, self.pad, bar.update))
                     acts = {"acts": got[self.position]}
                     self.store.put_tensors("activations", k, acts)
@@ -357,7 +372,7 @@ class Experiment:
         c = self.cfg.method
         vector_id = [self.vector_id] if self.vector_id else []  # vectors from files or the store: which ones
         return store.key("cell", self.base_key, self.method, self.position, self.site, c.normalize,
-                         c.min_per_class, layer, float(strength), split, *vector_id)
+                         c.min_per_class, layer, float(strength), split, *vector_id, *self.read_key)
 
     def score_cells(self, cells: list[tuple[int, float]], split: str, vecs: dict[int, torch.Tensor],
                     failed: dict[str, str]) -> dict[tuple[int, float], Scored]:
@@ -422,7 +437,8 @@ class Experiment:
     def meta(self) -> dict[str, Any]:
         """The columns every output row of this job carries."""
         return {"experiment": self.x.name, "model": self.lm.name, "benchmark": self.bench.name,
-                "steer_target": self.site, "position": self.position, "seed": self.seed}
+                "steer_target": self.site, "read_site": self.read_site, "position": self.position,
+                "seed": self.seed}
 
     def write_vectors(self, vecs: dict[int, torch.Tensor], prefix: str | None = None,
                       extra: dict[int, dict[str, torch.Tensor]] | None = None, **meta: str) -> None:
@@ -431,7 +447,8 @@ class Experiment:
         for L, v in vecs.items():
             store.write_tensors(self.out / "vectors" / f"{prefix}_{self.site}_L{L}.safetensors",
                                 {"vector": v, **(extra or {}).get(L, {})},
-                                {"method": prefix, "site": self.site, "layer": str(L), "position": self.position,
+                                {"method": prefix, "site": self.site, "read_site": self.read_site, "layer": str(L),
+                                 "position": self.position,
                                  "model": self.lm.name, "model_fingerprint": self.lm.fingerprint, **meta})
 
     @staticmethod

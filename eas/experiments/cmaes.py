@@ -235,7 +235,7 @@ class Cmaes(Experiment):
             fit.append(OmegaConf.to_container(x.judge, resolve=True))
         return store.key("cmaes", s.base_key, s.method, s.position, s.site, c.method.normalize,
                          c.method.min_per_class, layer, float(strength0), int(x.k), int(x.popsize),
-                         float(x.sigma0), bool(x.optimize_strength), int(c.seed), fit)
+                         float(x.sigma0), bool(x.optimize_strength), int(c.seed), fit, *s.read_key)
 
     def checkpoint(self, key: str, refiner: cmaes.Refiner, history: list[dict]) -> None:
         self.store.put_json("cmaes", store.key(key, refiner.generation), {
@@ -277,7 +277,7 @@ class Cmaes(Experiment):
 
         # the activations the vector was extracted from (store hits: vectors() captured them)
         contrast = self.contrast(base["train"])
-        train_acts = job.activations(contrast.texts)[layer]
+        train_acts = job.activations(contrast.texts, job.read_site)[layer]
         space = cmaes.Space.from_activations(train_acts, vecs[layer], int(x.k), strength0,
                                              bool(x.optimize_strength))
         if space.k < x.k:
@@ -374,7 +374,7 @@ class Cmaes(Experiment):
         self.write_vectors({layer: refined}, "refined", {layer: {"extracted": v0, "start": cells["start"][0],
                                                                "basis": space.basis}},
                            source_method=s.method, strength=repr(cells["refined"][1]), fitness=x.fitness)
-        key = refined_method.stored_key(s.base_key, SimpleNamespace(source=s.method), s.site, layer)
+        key = refined_method.stored_key([*s.base_key, *s.read_key], SimpleNamespace(source=s.method), s.site, layer)
         self.store.put_tensors("vectors", key, {"vector": refined, "strength": torch.tensor([cells["refined"][1]])})
 
         def cos(a, b):

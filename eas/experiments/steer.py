@@ -108,7 +108,9 @@ def letter_counts(preds: list[int], bench) -> dict[str, int]:
 
 def headline(s: dict) -> list[str]:
     u = s["unsteered"]
-    lines = [f"eas: {s['model']} on {s['benchmark']} ({s['method']} @ {s['steer_target']})",
+    read = s.get("read_site", s["steer_target"])
+    where = s["steer_target"] if read == s["steer_target"] else f"{s['steer_target']}, read at {read}"
+    lines = [f"eas: {s['model']} on {s['benchmark']} ({s['method']} @ {where})",
              f"  unsteered accuracy: train {u['train']:.3f}  val {u['val']:.3f}  test {u['test']:.3f}"]
     if s["best"]:
         b, t = s["best"], s["test"]

@@ -118,3 +118,41 @@ def test_read_vectors_checks_model_site_layer_and_width(tmp_path):
                           base.Expected("pasf", "residual", "last", [5], "m", 8))
     with pytest.raises(base.VectorError, match="no such file"):
         base.read_vectors(tmp_path / "missing", want)
+
+
+def test_pas_reference_read_rule_reads_the_residual_one_block_earlier(tmp_path):
+    """method.read=pas_reference: a residual vector for layer L is the residual stream entering
+    block L (the output of block L-1), so it equals eas's own vector for layer L-1, and it is
+    steered at block L; the cells are other store records than the default rule's."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from eas import config as config_mod
+    from eas.cli import CONF_DIR
+    from eas.experiments.base import prepare
+    from eas.experiments.steer import Steer
+
+    def job(name, *overrides):
+        config_mod.register()
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            cfg = compose("config", overrides=["model=tiny_random", "benchmark=eas_facts", "max_sample_size=30",
+                                               "method=mean_diff", "progress=false", "strength=[4]",
+                                               f"store.root={tmp_path / 'store'}", *overrides])
+        prepare(cfg)
+        j = Steer(cfg, tmp_path / name)
+        j.load()
+        return j
+
+    ref = job("ref", "layer=[2]", "method.read=pas_reference")
+    own = job("own", "layer=[1]")
+    assert ref.read_site == "residual_pre" and own.read_site == "residual"
+    v_ref = ref.vectors(ref.unsteered()["train"])[2]
+    v_own = own.vectors(own.unsteered()["train"])[1]
+    assert torch.allclose(v_ref, v_own, atol=1e-5)
+    same = job("same", "layer=[2]")
+    assert ref.cell_key(2, 4.0, "val") != same.cell_key(2, 4.0, "val")
+    s = ref.run()
+    assert s["read_site"] == "residual_pre" and s["steer_target"] == "residual"
+    with pytest.raises(config_mod.ConfigError, match="method.read='one_back'"):
+        job("bad", "method.read=one_back")
