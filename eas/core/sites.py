@@ -57,23 +57,20 @@ class Family:
     sites: dict[str, Site]
 
 
+# Llama-style and Gemma blocks name their modules alike (what the post-attention norm
+# normalises differs: see the module docstring)
+_DECODER_SITES = {
+    "residual": Site("", OUTPUT),
+    "residual_pre": Site("", INPUT),
+    "mlp": Site("mlp", OUTPUT),
+    "mlp_input": Site("mlp", INPUT),
+    "self_attn": Site("self_attn", OUTPUT),
+    "post_attention_layernorm": Site("post_attention_layernorm", OUTPUT),
+}
+
 FAMILIES: dict[str, Family] = {
-    "llama": Family("model.layers", {
-        "residual": Site("", OUTPUT),
-        "residual_pre": Site("", INPUT),
-        "mlp": Site("mlp", OUTPUT),
-        "mlp_input": Site("mlp", INPUT),
-        "self_attn": Site("self_attn", OUTPUT),
-        "post_attention_layernorm": Site("post_attention_layernorm", OUTPUT),
-    }),
-    "gemma": Family("model.layers", {
-        "residual": Site("", OUTPUT),
-        "residual_pre": Site("", INPUT),
-        "mlp": Site("mlp", OUTPUT),
-        "mlp_input": Site("mlp", INPUT),
-        "self_attn": Site("self_attn", OUTPUT),
-        "post_attention_layernorm": Site("post_attention_layernorm", OUTPUT),
-    }),
+    "llama": Family("model.layers", dict(_DECODER_SITES)),
+    "gemma": Family("model.layers", dict(_DECODER_SITES)),
     "gpt2": Family("transformer.h", {
         "residual": Site("", OUTPUT),
         "residual_pre": Site("", INPUT),

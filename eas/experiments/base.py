@@ -155,11 +155,6 @@ def read_site(cfg: DictConfig) -> str:
     return "residual_pre" if cfg.method.get("read", "same") == "pas_reference" and site == "residual" else site
 
 
-def method_module(cfg: DictConfig):
-    """The module of the job's method (``eas.methods.base.module``)."""
-    return methods.module(cfg.method)
-
-
 class Experiment:
     """Holds what one job loads once; a kind subclasses it and writes ``run``."""
 
@@ -274,7 +269,7 @@ class Experiment:
     # -- step 3 -----------------------------------------------------------
     def contrast(self, train: Scored) -> methods.Contrast:
         """The method's train contrast, given the unsteered train predictions."""
-        m = method_module(self.cfg)
+        m = methods.module(self.cfg.method)
         c = m.contrast(self.splits["train"], train.preds, self.prompter, seed=self.seed)
         return methods.check_size(c, self.method, self.splits["train"], train.preds,
                                   int(self.cfg.method.min_per_class))
@@ -282,7 +277,7 @@ class Experiment:
     def vectors(self, train: Scored) -> dict[int, torch.Tensor]:
         """``{layer: [d_model]}``: from ``method.vector_path``, from the store for a method whose
         vectors another experiment made, else extracted from train activations (store-cached)."""
-        cfg, m = self.cfg, method_module(self.cfg)
+        cfg, m = self.cfg, methods.module(self.cfg.method)
         want = methods.Expected(self.method, self.site, self.position, self.layers, self.lm.name,
                                 int(self.lm.model.config.hidden_size))
         if cfg.method.get("vector_path") or not methods.is_extracted(m):
@@ -317,8 +312,8 @@ class Experiment:
             return methods.read_vectors(path, want)
         out = {}
         for L in self.layers:
-            rec = self.store.get_tensors("vectors", m.stored_key([*self.base_key, *self.read_key], self.cfg.method,
-                                                                 self.site, L))
+            key = m.stored_key([*self.base_key, *self.read_key], self.cfg.method.source, self.site, L)
+            rec = self.store.get_tensors("vectors", key)
             if rec is not None:
                 methods.check_width(rec["vector"], want.d_model, f"the store's {self.method} vector at layer {L}")
                 out[L] = rec["vector"].float()

@@ -40,7 +40,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -54,7 +53,8 @@ from eas.core import cmaes, engine
 from eas.core import judge as judge_mod
 from eas.data.schema import MCItem
 from eas.experiments.base import Config as BaseConfig
-from eas.experiments.base import Experiment, method_module
+from eas.experiments.base import Experiment
+from eas.methods import base as methods
 from eas.methods import refined as refined_method
 
 log = logging.getLogger("eas")
@@ -102,7 +102,7 @@ class Config(BaseConfig):
 
 def validate(cfg: DictConfig) -> None:
     x = cfg.experiment
-    if not hasattr(method_module(cfg), "contrast"):
+    if not methods.is_extracted(methods.module(cfg.method)):
         raise ConfigError(f"method={cfg.method.name} with experiment=cmaes: the experiment refines an extracted "
                           f"vector; pick how it is extracted, e.g. method=pasf or method=mean_diff")
     choice("experiment.fitness", x.fitness, FITNESS_NAMES)
@@ -374,7 +374,7 @@ class Cmaes(Experiment):
         self.write_vectors({layer: refined}, "refined", {layer: {"extracted": v0, "start": cells["start"][0],
                                                                "basis": space.basis}},
                            source_method=s.method, strength=repr(cells["refined"][1]), fitness=x.fitness)
-        key = refined_method.stored_key([*s.base_key, *s.read_key], SimpleNamespace(source=s.method), s.site, layer)
+        key = refined_method.stored_key([*s.base_key, *s.read_key], s.method, s.site, layer)
         self.store.put_tensors("vectors", key, {"vector": refined, "strength": torch.tensor([cells["refined"][1]])})
 
         def cos(a, b):

@@ -8,7 +8,7 @@ A method module that extracts its vector from train activations defines two func
   side at one layer to a ``[d_model]`` direction.
 
 A method whose vectors are made by another experiment (``refined``, by ``experiment=cmaes``) defines instead
-``stored_key(base_key, method_cfg, site, layer) -> str`` (where that experiment puts them in
+``stored_key(base_key, source, site, layer) -> str`` (where that experiment puts them in
 the store) and ``MISSING`` (what to run first). Any method reads its vectors from files
 instead when ``method.vector_path`` is set (``eas.methods.base.read_vectors``).
 

@@ -13,9 +13,9 @@ MISSING = ("Run `eas experiment=cmaes method={source} layer={layer}` with the sa
            "splits first, or set method.vector_path=<cmaes run dir>")
 
 
-def stored_key(base_key: list, method_cfg, site: str, layer: int) -> str:
-    """Where experiment=cmaes puts the vector it refined from ``method_cfg.source`` at ``layer``."""
-    return store.key("cmaes_vector", base_key, str(method_cfg.source), site, int(layer))
+def stored_key(base_key: list, source: str, site: str, layer: int) -> str:
+    """Where experiment=cmaes puts the vector it refined from method ``source`` at ``layer``."""
+    return store.key("cmaes_vector", base_key, str(source), site, int(layer))
 
 
 def validate(cfg) -> None:
