@@ -285,7 +285,8 @@ class Experiment:
             self.vector_id = methods.vector_id(vecs)
             return vecs
         vkeys = {L: store.key("vector", self.base_key, self.method, self.position, self.site, L,
-                              cfg.method.normalize, cfg.method.min_per_class, *self.read_key) for L in self.layers}
+                              cfg.method.normalize, cfg.method.min_per_class, *self.read_key, *self.module_key)
+                 for L in self.layers}
         cached = {L: self.store.get_tensors("vectors", k) for L, k in vkeys.items()}
         if all(v is not None for v in cached.values()):
             log.info("vectors: %d from the store, 0 computed", len(cached))
@@ -323,6 +324,13 @@ class Experiment:
             raise methods.VectorError(f"method={self.method}: no vector for layer={missing} in the store "
                                       f"({self.store.root}; has layers {sorted(out)}). {hint}")
         return out
+
+    @property
+    def module_key(self) -> list[str]:
+        """What a vector's and a cell's store keys add for a method module outside eas: two such
+        modules may share a ``method.name``, and their vectors must not share records."""
+        module = self.cfg.method.get("module")
+        return ["module", str(module)] if module else []
 
     @property
     def read_key(self) -> list[str]:
@@ -367,7 +375,8 @@ class Experiment:
         c = self.cfg.method
         vector_id = [self.vector_id] if self.vector_id else []  # vectors from files or the store: which ones
         return store.key("cell", self.base_key, self.method, self.position, self.site, c.normalize,
-                         c.min_per_class, layer, float(strength), split, *vector_id, *self.read_key)
+                         c.min_per_class, layer, float(strength), split, *vector_id, *self.read_key,
+                         *self.module_key)
 
     def score_cells(self, cells: list[tuple[int, float]], split: str, vecs: dict[int, torch.Tensor],
                     failed: dict[str, str]) -> dict[tuple[int, float], Scored]:

@@ -235,7 +235,8 @@ class Cmaes(Experiment):
             fit.append(OmegaConf.to_container(x.judge, resolve=True))
         return store.key("cmaes", s.base_key, s.method, s.position, s.site, c.method.normalize,
                          c.method.min_per_class, layer, float(strength0), int(x.k), int(x.popsize),
-                         float(x.sigma0), bool(x.optimize_strength), int(c.seed), fit, *s.read_key)
+                         float(x.sigma0), bool(x.optimize_strength), int(c.seed), fit, *s.read_key,
+                         *s.module_key)
 
     def checkpoint(self, key: str, refiner: cmaes.Refiner, history: list[dict]) -> None:
         self.store.put_json("cmaes", store.key(key, refiner.generation), {

@@ -45,7 +45,7 @@ def setup_fields(config: Mapping) -> dict[str, object]:
     - prompt: ``format``, ``system``, ``instruction``;
     - split: ``n_train_proportion``, ``n_val_proportion``, ``n_test_proportion``,
       ``max_sample_size``;
-    - method: ``normalize``, ``min_per_class``, ``vector_path``, ``source``, ``read`` (the vectors);
+    - method: ``normalize``, ``min_per_class``, ``vector_path``, ``source``, ``read``, ``module`` (the vectors);
     - experiment: everything but ``fanout`` and the judge's endpoint (``judge.api_base``,
       ``judge.api_key_env``): selection metric, CMA-ES and probe settings.
 
@@ -69,6 +69,7 @@ def setup_fields(config: Mapping) -> dict[str, object]:
         "prompt.format", "prompt.system", "prompt.instruction",
         "n_train_proportion", "n_val_proportion", "n_test_proportion", "max_sample_size",
         "method.normalize", "method.min_per_class", "method.vector_path", "method.source", "method.read",
+        "method.module",
     )  # fmt: skip
     experiment_left_out = {"fanout", "judge.api_base", "judge.api_key_env"}
     fields = {path: _get(config, path) for path in paths}

@@ -77,3 +77,19 @@ def test_a_toy_kinds_own_fields_are_typed_and_checked(tmp_path):
     assert r.returncode == 2 and "experiment.norm_ord" in r.stderr and "Traceback" not in r.stderr
     r = _eas(tmp_path, *common, "+experiment.typo=1")
     assert r.returncode == 2 and "typo" in r.stderr
+
+
+def test_a_method_module_outside_eas_is_in_the_store_keys(tmp_path):
+    """Two modules that share a method.name build different vectors: their records must differ."""
+    from types import SimpleNamespace
+
+    from eas.experiments.base import Experiment
+
+    def job(module):
+        cfg = SimpleNamespace(method=SimpleNamespace(get=lambda k, d=None: module if k == "module" else d))
+        j = Experiment.__new__(Experiment)
+        j.cfg = cfg
+        return j
+
+    assert job(None).module_key == []
+    assert job("lab_a.toy").module_key != job("lab_b.toy").module_key
