@@ -20,7 +20,9 @@ from eas.core.sites import FAMILIES
 SITES = tuple(dict.fromkeys(name for family in FAMILIES.values() for name in family.sites))  # any family's
 POSITIONS = ("last", "mid", "mean")
 READ_RULES = ("same", "pas_reference")  # method.read
-PROMPT_FORMATS = ("chat", "plain")
+RULES = ("eas", "pas_reference")  # benchmark.item_rules, split_rule, selection_rule
+PROMPT_FORMATS = ("chat", "plain", "pas_reference")
+LETTER_RULES = ("both", "bare")  # prompt.letters
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 MODEL_SOURCES = ("embedded", "hub", "local", "random")
@@ -60,6 +62,10 @@ class BenchmarkConfig:
     kind: str = "mc"  # mc | ab
     options: dict[str, Any] = field(default_factory=dict)  # format-specific
     duplicates: str = "drop"  # drop | error: items repeating an earlier one's question and options
+    # eas | pas_reference: eas's item rules (TruthfulQA options shuffled per item, other formats in
+    # file order) or the PAS reference's (every item's options permuted by one random.Random(seed)
+    # per question, TruthfulQA from file order; ETHICS worded as the reference words it)
+    item_rules: str = "eas"
 
 
 @dataclass
@@ -86,9 +92,12 @@ class SteerTargetConfig:
 
 @dataclass
 class PromptConfig:
-    format: str = "chat"  # chat (the model's template, if it has one) | plain
+    format: str = "chat"  # chat (the model's template, if it has one) | plain | pas_reference
     system: str | None = None
     instruction: str = "Answer with the letter of the correct option."
+    # both: a letter's score is the log-sum-exp of its "A" and " A" tokens; bare: the token "A" only
+    # (the PAS reference's rule)
+    letters: str = "both"
 
 
 @dataclass
@@ -129,6 +138,12 @@ class EasConfig:
     n_val_proportion: float = 0.3
     n_test_proportion: float = 0.3
     max_sample_size: int | None = None
+    # eas: random.Random(seed) shuffle, round() sizes; pas_reference: pandas sample(frac=1,
+    # random_state=seed), int() sizes with the remainder to train
+    split_rule: str = "eas"
+    # eas: best val accuracy, ties to the smaller |strength| then the lower layer; pas_reference: the
+    # first strict maximum over layers in descending order, strengths as listed
+    selection_rule: str = "eas"
     batch_size: int = 0  # 0 = adapt to free memory
     cells_per_pass: int = 64  # steered cells stacked as query tokens in one forward pass
     cells_per_chunk: int = 256  # cells scored between two writes to the store
@@ -213,6 +228,10 @@ def validate(cfg: DictConfig) -> None:
     choice("steer_target.site", cfg.steer_target.site, SITES)
     choice("prompt.format", cfg.prompt.format, PROMPT_FORMATS)
     choice("benchmark.duplicates", cfg.benchmark.duplicates, ("drop", "error"))
+    choice("benchmark.item_rules", cfg.benchmark.item_rules, RULES)
+    choice("prompt.letters", cfg.prompt.letters, LETTER_RULES)
+    choice("split_rule", cfg.split_rule, RULES)
+    choice("selection_rule", cfg.selection_rule, RULES)
     layers = as_number_list("layer", cfg.layer, int)
     if any(v < 0 for v in layers):
         raise ConfigError(f"layer={cfg.layer!r}: layers are 0-based block indices, >= 0")

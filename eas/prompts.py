@@ -1,7 +1,17 @@
 """Prompt texts for multiple-choice scoring and for the contrasts vectors are built from.
 
 Every scoring prompt ends with ``Answer:`` so the next token is the answer
-letter; ``eas.core.score`` reads both spellings ("A", " A").
+letter; ``eas.core.score`` reads it (both spellings "A" and " A", or the bare "A"
+with ``prompt.letters=bare``).
+
+Formats (``prompt.format``):
+
+- ``chat``: the tokenizer's chat template around ``Q\\n\\nA. opt\\n...\\n\\n<instruction>``,
+  then ``Answer:``; plain text where the model has no template.
+- ``plain``: the same text without a template.
+- ``pas_reference``: the PAS reference's texts, never templated:
+  ``Q\\nA: opt\\n...[\\nRemember, <fact>.]\\n<instruction>\\nAnswer:``; a context is written
+  ``Context: <context>\\nQuestion: <question>``; the iPAS texts are ``Q <option>``.
 """
 
 from __future__ import annotations
@@ -13,11 +23,13 @@ from eas.data.schema import MCItem
 
 @dataclass(frozen=True)
 class Prompter:
-    """Formats items as plain text or through the tokenizer's chat template.
+    """Formats items as plain text, through the tokenizer's chat template, or as the PAS
+    reference writes them.
 
     Attributes:
         tokenizer: the model's tokenizer (its chat template is used when ``format="chat"``).
-        format: ``chat`` or ``plain``; ``chat`` falls back to ``plain`` if there is no template.
+        format: ``chat``, ``plain`` or ``pas_reference``; ``chat`` falls back to ``plain`` if
+            there is no template.
         system: optional system message (chat only).
         instruction: the line that asks for a letter.
     """
@@ -36,6 +48,10 @@ class Prompter:
         # a chat template writes its own special tokens; plain text gets the tokenizer's BOS
         return not self.uses_chat
 
+    @property
+    def reference(self) -> bool:
+        return self.format == "pas_reference"
+
     def _wrap(self, user: str, answer_prefix: str) -> str:
         if not self.uses_chat:
             return f"{user}\n{answer_prefix}"
@@ -45,14 +61,23 @@ class Prompter:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text + answer_prefix
 
-    @staticmethod
-    def _stem(item: MCItem) -> str:
-        return f"{item.context}\n{item.question}" if item.context else item.question
+    def _stem(self, item: MCItem) -> str:
+        if not item.context:
+            return item.question
+        if self.reference:
+            return f"Context: {item.context}\nQuestion: {item.question}"
+        return f"{item.context}\n{item.question}"
 
     def mc(self, item: MCItem) -> str:
         """The scoring prompt: question, lettered options, instruction, ending in ``Answer:``."""
+        if self.reference:
+            lines = [self._stem(item), *(f"{k}: {text}" for k, text in zip(item.letters, item.options))]
+            if item.fact:
+                lines.append(f"Remember, {item.fact}.")
+            return self._wrap("\n".join([*lines, self.instruction]), "Answer:")
         options = "\n".join(f"{letter}. {text}" for letter, text in zip(item.letters, item.options))
-        return self._wrap(f"{self._stem(item)}\n\n{options}\n\n{self.instruction}", "Answer:")
+        fact = f"\n\nRemember, {item.fact}." if item.fact else ""
+        return self._wrap(f"{self._stem(item)}\n\n{options}{fact}\n\n{self.instruction}", "Answer:")
 
     def mc_with_letter(self, item: MCItem, option: int) -> str:
         """The scoring prompt followed by one answer letter (CAA's A/B contrast)."""
@@ -60,4 +85,6 @@ class Prompter:
 
     def with_option_text(self, item: MCItem, option: int) -> str:
         """The question (no option list) followed by one option's text (the iPAS contrast)."""
+        if self.reference:
+            return f"{self._stem(item)} {item.options[option]}"
         return f"{self._wrap(self._stem(item), 'Answer:')} {item.options[option]}"

@@ -2,7 +2,8 @@
 
 A letter's score is the log-sum-exp of the logits of its single-token spellings
 ("A" and " A"), so the same code reads the answer whether the prompt ends in a
-space, a newline or a chat template's assistant header, for any tokenizer.
+space, a newline or a chat template's assistant header, for any tokenizer. With
+``bare=True`` it is the logit of the vocabulary token "A" alone (the PAS reference's rule).
 """
 
 from __future__ import annotations
@@ -17,12 +18,25 @@ from eas.core.letters import LETTERS
 from eas.core.tokens import batches
 
 
-def letter_token_ids(tokenizer, n_letters: int) -> list[list[int]]:
-    """For each of the first ``n_letters`` letters, the ids of its single-token spellings.
+def letter_token_ids(tokenizer, n_letters: int, bare: bool = False) -> list[list[int]]:
+    """For each of the first ``n_letters`` letters, the ids of its single-token spellings;
+    with ``bare``, only the id of the vocabulary token spelled as the letter itself
+    (``tokenizer.convert_tokens_to_ids("A")``).
 
     Raises:
-        ValueError: a letter has no single-token spelling in this tokenizer.
+        ValueError: a letter has no single-token spelling in this tokenizer (with ``bare``: no
+            vocabulary token of that spelling).
     """
+    if bare:
+        unk = getattr(tokenizer, "unk_token_id", None)
+        out = []
+        for letter in LETTERS[:n_letters]:
+            tid = tokenizer.convert_tokens_to_ids(letter)
+            if tid is None or (unk is not None and tid == unk):
+                raise ValueError(f"letter {letter!r} is not a token of this tokenizer's vocabulary "
+                                 f"(prompt.letters=bare); use prompt.letters=both")
+            out.append([tid])
+        return out
     out = []
     for letter in LETTERS[:n_letters]:
         ids = []

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from eas import extensions
+from eas.data.readers import RULES, item_rules
 from eas.data.schema import LETTERS, Benchmark, DataError, MCItem
 
 KINDS = ("mc", "ab")
@@ -29,7 +30,9 @@ __all__ = [
     "DataError",
     "MCItem",
     "drop_duplicates",
+    "item_rules",
     "load_benchmark",
+    "reference_order",
     "split_items",
 ]
 
@@ -44,7 +47,8 @@ def load_benchmark(cfg: Any, seed: int = 0) -> Benchmark:
             OmegaConf node): ``name``, ``format``, ``path``, ``hub_id``,
             ``hub_config``, ``hub_split``, ``kind``, ``options``, ``duplicates``.
         seed: passed to the format; only used where the upstream option order
-            leaks the answer (TruthfulQA), to shuffle options per item.
+            leaks the answer (TruthfulQA), to shuffle options per item; with
+            ``item_rules=pas_reference``, the seed of every item's option permutation.
 
     Returns:
         The ``Benchmark``: items in file order, ``kind`` from the config, later
@@ -71,6 +75,7 @@ def load_benchmark(cfg: Any, seed: int = 0) -> Benchmark:
             f"benchmark.duplicates={duplicates!r} is not allowed; choose one of "
             f"{', '.join(DUPLICATES)}"
         )
+    rules = item_rules(cfg)
     bench = fmt.load(cfg, seed)
     if not isinstance(bench, Benchmark):
         raise DataError(
@@ -78,7 +83,20 @@ def load_benchmark(cfg: Any, seed: int = 0) -> Benchmark:
             f"{type(bench).__name__}; a format's load must return an eas.data.Benchmark"
         )
     _check_items(bench)
+    if rules == "pas_reference":
+        bench = dataclasses.replace(bench, items=tuple(reference_order(it, seed) for it in bench.items))
     return drop_duplicates(bench, error=duplicates == "error")
+
+
+def reference_order(item: MCItem, seed: int) -> MCItem:
+    """``item`` with its options in the PAS reference's order: each question shuffles its
+    options with a fresh ``random.Random(seed)``, so every item with k options gets the same
+    permutation (the reference's ``BenchmarkLoader._format_mc_question``)."""
+    order = list(range(len(item.options)))
+    random.Random(seed).shuffle(order)
+    return dataclasses.replace(
+        item, options=tuple(item.options[i] for i in order), label=order.index(item.label)
+    )
 
 
 def _check_items(bench: Benchmark) -> None:
@@ -155,18 +173,22 @@ def split_items(
     test: float,
     seed: int,
     max_sample_size: int | None = None,
+    rule: str = "eas",
 ) -> dict[str, list[MCItem]]:
     """Shuffle by ``seed``, keep the first ``max_sample_size``, cut into train/val/test.
 
-    Split sizes are ``round(n * proportion)``; test is capped at what train and
-    val leave, and proportions summing to less than 1 leave the rest unused.
-    The same items and seed always give the same splits.
+    ``rule="eas"``: ``random.Random(seed).shuffle``; split sizes are ``round(n * proportion)``,
+    test is capped at what train and val leave, and proportions summing to less than 1 leave
+    the rest unused. ``rule="pas_reference"`` (the PAS reference's ``BenchmarkLoader._split``):
+    pandas ``sample(frac=1, random_state=seed)``; sizes are ``int(n * proportion)`` and what
+    they leave goes to train. The same items, seed and rule always give the same splits.
 
     Args:
         items: the benchmark's items.
         train, val, test: proportions, each in (0, 1], summing to at most 1.
         seed: seeds ``random.Random`` for the shuffle.
         max_sample_size: keep only this many items (after shuffling); None keeps all.
+        rule: ``eas`` or ``pas_reference`` (above).
 
     Returns:
         ``{"train": [...], "val": [...], "test": [...]}``, disjoint.
@@ -183,14 +205,25 @@ def split_items(
         raise DataError(f"split proportions {props} sum to {sum(props.values()):.3f}; must be <= 1")
     if max_sample_size is not None and max_sample_size < 1:
         raise DataError(f"max_sample_size={max_sample_size}: must be >= 1 or None")
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
+    if rule not in RULES:
+        raise DataError(f"split_rule={rule!r} is not allowed; choose one of {', '.join(RULES)}")
+    if rule == "pas_reference":
+        import pandas as pd
+
+        order = pd.RangeIndex(len(items)).to_series().sample(frac=1, random_state=seed).tolist()
+    else:
+        order = list(range(len(items)))
+        random.Random(seed).shuffle(order)
     if max_sample_size is not None:
         order = order[:max_sample_size]
     n = len(order)
-    n_train = round(n * train)
-    n_val = min(round(n * val), n - n_train)
-    n_test = min(round(n * test), n - n_train - n_val)
+    if rule == "pas_reference":
+        n_train, n_val, n_test = (int(n * p) for p in (train, val, test))
+        n_train += n - (n_train + n_val + n_test)
+    else:
+        n_train = round(n * train)
+        n_val = min(round(n * val), n - n_train)
+        n_test = min(round(n * test), n - n_train - n_val)
     counts = {"train": n_train, "val": n_val, "test": n_test}
     if min(counts.values()) < 1:
         raise DataError(

@@ -334,6 +334,17 @@ def shuffle_options(
     return [options[i] for i in order], order.index(label)
 
 
+RULES = ("eas", "pas_reference")  # benchmark.item_rules, eas.data.split_items(rule=...)
+
+
+def item_rules(cfg: Any) -> str:
+    """``benchmark.item_rules`` (``eas`` when a config node predates the field), checked."""
+    rules = getattr(cfg, "item_rules", None) or "eas"
+    if rules not in RULES:
+        raise DataError(f"benchmark.item_rules={rules!r} is not allowed; choose one of {', '.join(RULES)}")
+    return rules
+
+
 def make_item(where: str, **kwargs: Any) -> MCItem:
     """``MCItem(**kwargs)``, its DataError prefixed with ``where``."""
     try:

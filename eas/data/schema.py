@@ -30,6 +30,8 @@ class MCItem:
         options: option texts, in presentation order (letters A, B, ... by index).
         label: index into ``options`` of the correct (or behaviour-matching) option.
         context: text shown before the question (BBQ context, a passage); may be empty.
+        fact: a fact the prompt reminds of after the options (OpenBookQA's ``fact1``, which its
+            "additional" config carries and the PAS reference shows); may be empty.
         metadata: anything else the upstream file carries (category, condition, ...).
     """
 
@@ -38,6 +40,7 @@ class MCItem:
     options: tuple[str, ...]
     label: int
     context: str = ""
+    fact: str = ""
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -71,5 +74,6 @@ class Benchmark:
         """Short content hash of the items (texts, options, labels), for cache keys."""
         h = hashlib.sha256()
         for it in self.items:
-            h.update(json.dumps([it.id, it.context, it.question, list(it.options), it.label]).encode())
+            shown = [it.id, it.context, it.question, list(it.options), it.label]
+            h.update(json.dumps(shown + [it.fact] if it.fact else shown).encode())
         return h.hexdigest()[:16]

@@ -38,7 +38,7 @@ from eas.core import capture as capture_mod
 from eas.core import engine, tokens
 from eas.core import score as score_mod
 from eas.core import vectors as vectors_mod
-from eas.core.select import best_cell
+from eas.core.select import best_cell, reference_cell
 from eas.data import load_benchmark, split_items
 from eas.data.schema import DataError, MCItem
 from eas.methods import base as methods
@@ -180,7 +180,7 @@ class Experiment:
         self.bench = load_benchmark(cfg.benchmark, seed=cfg.seed)
         self.splits: dict[str, list[MCItem]] = split_items(
             list(self.bench.items), cfg.n_train_proportion, cfg.n_val_proportion, cfg.n_test_proportion,
-            seed=cfg.seed, max_sample_size=cfg.max_sample_size,
+            seed=cfg.seed, max_sample_size=cfg.max_sample_size, rule=cfg.split_rule,
         )
         log.info("benchmark %s: %d items -> %s", self.bench.name, len(self.bench),
                  {k: len(v) for k, v in self.splits.items()})
@@ -196,7 +196,7 @@ class Experiment:
             log.warning("prompt.format=chat, but model %s has no chat template: its prompts are plain text",
                         self.lm.name)
         n_letters = max(len(it.options) for it in self.bench.items)
-        self.letter_ids = score_mod.letter_token_ids(self.lm.tokenizer, n_letters)
+        self.letter_ids = score_mod.letter_token_ids(self.lm.tokenizer, n_letters, p.letters == "bare")
         self.head = score_mod.LetterHead(self.lm.model, self.letter_ids)
         self.pad = tokens.pad_id(self.lm.tokenizer)
         self.batch_size = cfg.batch_size or auto_batch_size(self.lm.model)
@@ -206,6 +206,8 @@ class Experiment:
             [cfg.n_train_proportion, cfg.n_val_proportion, cfg.n_test_proportion, cfg.max_sample_size, cfg.seed],
             OmegaConf.to_container(cfg.prompt, resolve=True),
         ]
+        if cfg.split_rule != "eas":  # keys of eas-rule splits stay as they were
+            self.base_key.append(["split_rule", cfg.split_rule])
 
     def rows(self, texts: list[str], ids: list[str] | None = None) -> list[list[int]]:
         """Token ids of ``texts``; a text longer than the model's context is a DataError naming it,
@@ -432,17 +434,20 @@ class Experiment:
             self.lm.model, self.lm.sites, rows, n_opts, self.head, self.site, cells, batch_size=bs,
             cells_per_pass=int(self.cfg.cells_per_pass), pad=self.pad, progress=progress))
 
-    @staticmethod
-    def select(val: dict[tuple[int, float], Scored]) -> tuple[int, float] | None:
-        """The cell reported on test (``eas.core.select.best_cell``); None when nothing was scored."""
-        return best_cell({c: sc.accuracy for c, sc in val.items()})
+    def select(self, val: dict[tuple[int, float], Scored]) -> tuple[int, float] | None:
+        """The cell reported on test by ``selection_rule`` (``eas.core.select``); None when
+        nothing was scored."""
+        acc = {c: sc.accuracy for c, sc in val.items()}
+        if self.cfg.selection_rule == "pas_reference":
+            return reference_cell(acc, self.strengths)
+        return best_cell(acc)
 
     # -- step 5 -----------------------------------------------------------
     def meta(self) -> dict[str, Any]:
         """The columns every output row of this job carries."""
         return {"experiment": self.x.name, "model": self.lm.name, "benchmark": self.bench.name,
                 "steer_target": self.site, "read_site": self.read_site, "position": self.position,
-                "seed": self.seed}
+                "seed": self.seed, "selection_rule": self.cfg.selection_rule}
 
     def write_vectors(self, vecs: dict[int, torch.Tensor], prefix: str | None = None,
                       extra: dict[int, dict[str, torch.Tensor]] | None = None, **meta: str) -> None:

@@ -41,10 +41,10 @@ def setup_fields(config: Mapping) -> dict[str, object]:
     - model: ``source``, ``id``, ``revision``, ``architecture``, ``random_config`` (the
       weights), ``dtype``, ``quantization``;
     - benchmark: ``format``, ``path``, ``hub_id``, ``hub_config``, ``hub_split``, ``kind``,
-      ``options`` (the items);
-    - prompt: ``format``, ``system``, ``instruction``;
+      ``options``, ``item_rules`` (the items);
+    - prompt: ``format``, ``system``, ``instruction``, ``letters``;
     - split: ``n_train_proportion``, ``n_val_proportion``, ``n_test_proportion``,
-      ``max_sample_size``;
+      ``max_sample_size``, ``split_rule``; ``selection_rule`` (which cell is reported);
     - method: ``normalize``, ``min_per_class``, ``vector_path``, ``source``, ``read``, ``module`` (the vectors);
     - experiment: everything but ``fanout`` and the judge's endpoint (``judge.api_base``,
       ``judge.api_key_env``): selection metric, CMA-ES and probe settings.
@@ -65,9 +65,10 @@ def setup_fields(config: Mapping) -> dict[str, object]:
         "model.source", "model.id", "model.revision", "model.architecture", "model.random_config",
         "model.dtype", "model.quantization",
         "benchmark.format", "benchmark.path", "benchmark.hub_id", "benchmark.hub_config",
-        "benchmark.hub_split", "benchmark.kind", "benchmark.options",
-        "prompt.format", "prompt.system", "prompt.instruction",
-        "n_train_proportion", "n_val_proportion", "n_test_proportion", "max_sample_size",
+        "benchmark.hub_split", "benchmark.kind", "benchmark.options", "benchmark.item_rules",
+        "prompt.format", "prompt.system", "prompt.instruction", "prompt.letters",
+        "n_train_proportion", "n_val_proportion", "n_test_proportion", "max_sample_size", "split_rule",
+        "selection_rule",
         "method.normalize", "method.min_per_class", "method.vector_path", "method.source", "method.read",
         "method.module",
     )  # fmt: skip

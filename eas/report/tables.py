@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from eas.core.select import selection_key
+from eas.core.select import reference_key, selection_key
 from eas.report.setups import SETUP, setup_columns, tag_setups, with_setup
 
 DEFAULT_BY: tuple[str, ...] = ("model", "benchmark", "method", "steer_target", "seed", SETUP)
@@ -309,8 +309,17 @@ def unsteered_accuracy(results: pd.DataFrame, split: str, keys: dict) -> float:
 
 
 def _best_val(val: pd.DataFrame) -> pd.Series:
-    """The val row of the cell ``eas.core.select`` picks (the first of equal cells)."""
-    keys = [selection_key(a, layer, s) for a, layer, s in zip(val["accuracy"], val["layer"], val["strength"])]
+    """The val row of the cell ``eas.core.select`` picks by the runs' ``selection_rule`` (the
+    first of equal cells); under ``pas_reference`` strengths rank in the order the rows list them."""
+    rules = set(val["selection_rule"].dropna()) if "selection_rule" in val else set()
+    if len(rules) > 1:
+        raise ValueError(f"runs of one group select their cell by different rules {sorted(rules)}; "
+                         "report them apart (they answer different questions)")
+    if rules == {"pas_reference"}:
+        rank = {s: i for i, s in reversed(list(enumerate(dict.fromkeys(val["strength"]))))}
+        keys = [reference_key(a, layer, rank[s]) for a, layer, s in zip(val["accuracy"], val["layer"], val["strength"])]
+    else:
+        keys = [selection_key(a, layer, s) for a, layer, s in zip(val["accuracy"], val["layer"], val["strength"])]
     return val.iloc[keys.index(min(keys))]
 
 

@@ -8,7 +8,8 @@ Layouts (the AI2 releases and their hub copies):
 
 Labels may be letters or digits ('1'..'4' in some ARC items). ``benchmark.path`` is a
 .jsonl/.json/.parquet file, or a folder holding exactly one such file (or name it with
-``options.file``).
+``options.file``). A record's ``fact1`` (OpenBookQA's "additional" config) becomes
+``MCItem.fact``, a fact the prompt reminds of.
 """
 
 from __future__ import annotations
@@ -62,7 +63,10 @@ def parse(rec: dict[str, Any], where: str, fallback_id: str) -> MCItem:
     key = str(require(rec, "answerKey", where, "the label of the correct choice")).strip()
     if key not in labels:
         raise DataError(f"{where}: answerKey={key!r} is not one of the choice labels {labels}")
-    metadata = scalar_metadata(rec, ("id", "answerKey", "question", "question_stem"))
+    fact = rec.get("fact1")
+    if fact is not None and not isinstance(fact, str):
+        raise DataError(f"{where}: fact1 must be text, got {type(fact).__name__}")
+    metadata = scalar_metadata(rec, ("id", "answerKey", "question", "question_stem", "fact1"))
     metadata["choice_labels"] = labels
     return make_item(
         where,
@@ -70,6 +74,7 @@ def parse(rec: dict[str, Any], where: str, fallback_id: str) -> MCItem:
         question=stem,
         options=tuple(texts),
         label=labels.index(key),
+        fact=fact or "",
         metadata=metadata,
     )
 

@@ -16,7 +16,9 @@ mc2_targets}`` with targets ``{answer: 1|0}``. Hub (``truthfulqa/truthful_qa``, 
   (often a paraphrase of the best answer) and usually more false options.
 
 Upstream lists the true answer first, so the options of every item are shuffled by
-``(seed, item id)``: deterministic, and different across seeds.
+``(seed, item id)``: deterministic, and different across seeds. With
+``benchmark.item_rules=pas_reference`` they stay in file order here and ``eas.data`` gives
+them the reference's permutation (the same for every item with as many options).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 from eas.data.readers import (
     as_list,
     as_text,
+    item_rules,
     make_benchmark,
     make_item,
     option,
@@ -64,7 +67,9 @@ def _targets(rec: dict[str, Any], key: str, where: str) -> list[tuple[str, int]]
     return out
 
 
-def parse(rec: dict[str, Any], where: str, item_id: str, subset: str, seed: int) -> MCItem:
+def parse(
+    rec: dict[str, Any], where: str, item_id: str, subset: str, seed: int, shuffle: bool = True
+) -> MCItem:
     """One TruthfulQA question as an MCItem for ``subset`` (see the module docstring)."""
     question = as_text(require(rec, "question", where), where, "question")
     item = f"{where} (item {item_id}, question {question[:60]!r})"
@@ -80,7 +85,9 @@ def parse(rec: dict[str, Any], where: str, item_id: str, subset: str, seed: int)
         raise DataError(
             f"{where}: {subset}_targets has {len(true)} true answers; expected exactly 1"
         )
-    options, label = shuffle_options([true[0], *false], 0, seed, item_id)
+    options, label = [true[0], *false], 0
+    if shuffle:
+        options, label = shuffle_options(options, label, seed, item_id)
     metadata = {"subset": subset, "true_answers": true, "n_true": len(true)}
     return make_item(
         where, id=item_id, question=question, options=tuple(options), label=label, metadata=metadata
@@ -97,8 +104,9 @@ def load(cfg: Any, seed: int = 0) -> Benchmark:
     if subset not in SUBSETS:
         raise DataError(f"benchmark.options.subset={subset!r}; choose one of {', '.join(SUBSETS)}")
     rows, source = records(cfg, "TruthfulQA data/mc_task.json", _in_folder)
+    shuffle = item_rules(cfg) == "eas"
     items = [
-        parse(rec, where, f"truthfulqa-{subset}-{i:04d}", subset, seed)
+        parse(rec, where, f"truthfulqa-{subset}-{i:04d}", subset, seed, shuffle)
         for i, (where, rec) in enumerate(rows)
     ]
     return make_benchmark(cfg, items, source)
