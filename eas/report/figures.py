@@ -70,7 +70,17 @@ def _grid(val: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _draw_heatmap(ax, fig: Figure, grid: pd.DataFrame, center: float, selected: tuple | None):
+def _layer_label(rows: pd.DataFrame) -> str:
+    """``layer``, and the read rule when vectors were read at another site than the one steered."""
+    if "read_site" not in rows or "steer_target" not in rows:
+        return "layer"
+    pairs = rows[["read_site", "steer_target"]].dropna().drop_duplicates()
+    rules = [f"read at {r} L, steered at {t} L" for r, t in pairs.itertuples(index=False) if r != t]
+    return f"layer ({'; '.join(rules)})" if rules else "layer"
+
+
+def _draw_heatmap(ax, fig: Figure, grid: pd.DataFrame, center: float, selected: tuple | None,
+                  ylabel: str = "layer"):
     values = grid.to_numpy(dtype=float)
     finite = values[np.isfinite(values)]
     half = max(0.02, float(np.max(np.abs(finite - center)))) if finite.size else 0.05
@@ -100,7 +110,7 @@ def _draw_heatmap(ax, fig: Figure, grid: pd.DataFrame, center: float, selected: 
     ax.set_xticks(range(len(grid.columns)), [f"{s:g}" for s in grid.columns])
     ax.set_yticks(range(len(grid.index)), [str(layer) for layer in grid.index])
     ax.set_xlabel("strength")
-    ax.set_ylabel("layer")
+    ax.set_ylabel(ylabel)
     bar = fig.colorbar(image, ax=ax, fraction=0.06, pad=0.03)
     bar.set_label("val accuracy")
     bar.ax.axhline(center, color="black", linewidth=1.5)  # the unsteered baseline
@@ -159,7 +169,7 @@ def val_heatmap(
         grid = _grid(group)
         if not np.isfinite(center):
             center = float(np.nanmedian(grid.to_numpy(dtype=float)))
-        _draw_heatmap(ax, fig, grid, center, selected)
+        _draw_heatmap(ax, fig, grid, center, selected, _layer_label(group))
         title = f"{panel['model']} · {panel['benchmark']} · {method}"
         if varying:
             title += " (" + ", ".join(f"{k}={panel[k]}" for k in varying) + ")"

@@ -436,6 +436,15 @@ def test_val_heatmap_panels_and_errors(grid_dir: Path, tmp_path: Path) -> None:
         val_heatmap(results, "nope")
 
 
+def test_val_heatmap_says_which_layer_rule(grid_dir: Path) -> None:
+    results = load_runs([grid_dir])
+    same = val_heatmap(results.assign(read_site=results["steer_target"]), "pasf")
+    ref = val_heatmap(results.assign(read_site="residual_pre"), "pasf")
+    ylabel = [ax.get_ylabel() for ax in ref.axes if ax.get_label() != "<colorbar>"]
+    assert [ax.get_ylabel() for ax in same.axes if ax.get_label() != "<colorbar>"] == ["layer"]
+    assert ylabel == [f"layer (read at residual_pre L, steered at {results['steer_target'].iloc[0]} L)"]
+
+
 def test_test_bars_from_results_selection_and_summaries(
     grid_dir: Path, multirun_dir: Path, tmp_path: Path
 ) -> None:
