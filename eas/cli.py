@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eas import config as config_mod
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = config_mod.CONF_DIR
 log = logging.getLogger("eas")
 
 

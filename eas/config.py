@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -26,6 +27,7 @@ LETTER_RULES = ("both", "bare")  # prompt.letters
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 MODEL_SOURCES = ("embedded", "hub", "local", "random")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the config tree Hydra composes
 MAX_STRENGTH = 1e4  # |strength| above this swamps any residual stream (norms are O(1-100))
 
 
@@ -66,6 +68,22 @@ class BenchmarkConfig:
     # file order) or the PAS reference's (every item's options permuted by one random.Random(seed)
     # per question, TruthfulQA from file order; ETHICS worded as the reference words it)
     item_rules: str = "eas"
+
+
+@dataclass
+class PromptsConfig:
+    """A free-form prompt set (prompts without options), read by ``eas.data.load_prompts``."""
+
+    name: str = "task_conflict"
+    format: str = "eas_prompts"  # a module of eas.data.formats defining load_prompts, or a dotted path
+    path: str | None = None  # a local file or folder; wins over hub_id
+    hub_id: str | None = None
+    hub_config: str | None = None
+    hub_split: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # format-specific
+    categories: Any = None  # None (all) or a list: keep the prompts of these categories
+    labels: Any = None  # None (all) or a list: keep the prompts with these labels
+    limit: int | None = None  # the first N prompts after the filters, in file order; None = all
 
 
 @dataclass
@@ -123,6 +141,7 @@ class ResourcesConfig:
 class EasConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     steer_target: SteerTargetConfig = field(default_factory=SteerTargetConfig)
     # the kind's own fields: typed by the kind module's Config (eas/experiments/<name>.py), checked in validate
@@ -251,6 +270,9 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{k}={v}: must be in (0, 1)")
     if sum(props.values()) > 1 + 1e-9:
         raise ConfigError(f"split proportions sum to {sum(props.values()):.3f} > 1: {props}")
+    limit = (cfg.get("prompts") or {}).get("limit")  # a config saved before prompts existed has none
+    if limit is not None and limit < 1:
+        raise ConfigError(f"prompts.limit={limit}: must be >= 1, or null for all prompts")
     if cfg.max_sample_size is not None and cfg.max_sample_size < 3:
         raise ConfigError(f"max_sample_size={cfg.max_sample_size}: need at least 3 items")
     if cfg.batch_size < 0:
@@ -264,3 +286,17 @@ def validate(cfg: DictConfig) -> None:
 
 def to_container(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def model_preset(name: str, field_name: str) -> DictConfig:
+    """The ``ModelConfig`` of the ``conf/model/<name>.yaml`` preset (a judge's or a second model's).
+
+    Raises:
+        ConfigError: no preset of that name; names ``field_name`` and the presets there are.
+    """
+    preset = CONF_DIR / "model" / f"{name}.yaml"
+    if not preset.exists():
+        names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+        raise ConfigError(f"{field_name}={name!r}: no conf/model preset of that name; "
+                          f"use 'same' or one of: {', '.join(names)}")
+    return OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(preset))

@@ -19,6 +19,7 @@ PACKAGES = {
     "format": "eas.data.formats",
     "experiment": "eas.experiments",
     "launcher": "eas.sweep.backends",
+    "scorer": "eas.scorers",
 }
 
 
@@ -37,7 +38,7 @@ def load(point: str, name: str, field: str, needs: tuple[str, ...] = ()) -> Modu
     """The module ``name`` names for extension point ``point`` (see the module docstring).
 
     Args:
-        point: ``method``, ``format`` or ``experiment``.
+        point: a key of ``PACKAGES``.
         name: a short name of eas's package for ``point`` or a dotted import path.
         field: the config field that gave ``name``, for the error message.
         needs: attributes the module must define.

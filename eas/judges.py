@@ -38,33 +38,51 @@ from eas.prompts import Prompter
 MIN_LOGPROB = math.log(1e-4)  # an API answer with neither yes nor no in its top tokens
 
 
-def rubric_text(rubric: str, question: str, response: str) -> str:
+def rubric_text(rubric: str, question: str, response: str, field: str = "experiment.judge.rubric") -> str:
     try:
         return rubric.format(question=question, response=response)
     except (KeyError, IndexError, ValueError) as e:
-        raise ConfigError(f"experiment.judge.rubric={rubric!r}: not a template with {{question}} and "
+        raise ConfigError(f"{field}={rubric!r}: not a template with {{question}} and "
                           f"{{response}} only ({e}); write literal braces as {{{{ and }}}}") from None
 
 
-class LocalJudge:
-    """``log P(yes)`` from a local model's letter scores for "A. Yes / B. No"."""
+YES_NO = ("Yes", "No")
+SCALE_0_10 = tuple(str(k) for k in range(11))
 
-    def __init__(self, model, tokenizer, rubric: str, prompt_format: str = "chat", batch_size: int = 16):
+
+class LocalJudge:
+    """``log P(yes)`` from a local model's letter scores for "A. Yes / B. No".
+
+    With other ``options`` (e.g. ``SCALE_0_10``) the rubric is asked as that many-option
+    multiple-choice item and ``probabilities`` gives the judge's distribution over them.
+    """
+
+    def __init__(self, model, tokenizer, rubric: str, prompt_format: str = "chat", batch_size: int = 16,
+                 options: Sequence[str] = YES_NO):
         self.model = model
         self.rubric = rubric
+        self.options = tuple(options)
         self.prompter = Prompter(tokenizer, prompt_format, None, "Answer with the letter of your answer.")
         self.tokenizer = tokenizer
-        self.head = score_mod.LetterHead(model, score_mod.letter_token_ids(tokenizer, 2))
+        self.head = score_mod.LetterHead(model, score_mod.letter_token_ids(tokenizer, len(self.options)))
         self.pad = tokens.pad_id(tokenizer)
         self.batch_size = batch_size
 
-    def __call__(self, questions: Sequence[str], responses: Sequence[str]) -> Tensor:
-        items = [MCItem(str(i), rubric_text(self.rubric, q, r), ("Yes", "No"), 0)
+    def scores(self, questions: Sequence[str], responses: Sequence[str]) -> Tensor:
+        """``[m, n_options]`` letter scores of the rubric item for each (question, response)."""
+        items = [MCItem(str(i), rubric_text(self.rubric, q, r), self.options, 0)
                  for i, (q, r) in enumerate(zip(questions, responses))]
         rows = tokens.encode(self.tokenizer, [self.prompter.mc(it) for it in items],
                              self.prompter.add_special_tokens)
-        scores = score_mod.score_mc(self.model, rows, [2] * len(rows), self.head, self.batch_size, self.pad)
-        return rubric_logprob(scores)
+        n = len(self.options)
+        return score_mod.score_mc(self.model, rows, [n] * len(rows), self.head, self.batch_size, self.pad)[..., :n]
+
+    def probabilities(self, questions: Sequence[str], responses: Sequence[str]) -> Tensor:
+        """``[m, n_options]``: the judge's probability of each option (softmax over the letters)."""
+        return torch.softmax(self.scores(questions, responses).float(), dim=-1)
+
+    def __call__(self, questions: Sequence[str], responses: Sequence[str]) -> Tensor:
+        return rubric_logprob(self.scores(questions, responses))
 
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach the server; the read timeout is the judge's own
@@ -136,7 +154,7 @@ class ApiJudge:
     """
 
     def __init__(self, model: str, base_url: str, key_env: str, cache_dir: str | Path, rubric: str,
-                 timeout: float = 60.0):
+                 timeout: float = 60.0, on_junk: str = "low"):
         key = os.environ.get(key_env, "")
         if not key:
             raise ConfigError(
@@ -145,6 +163,7 @@ class ApiJudge:
         self.model, self.base_url, self.key, self.timeout = model, base_url.rstrip("/"), key, timeout
         self.cache = store.Store(cache_dir)
         self.rubric = rubric
+        self.on_junk = on_junk  # low: a reply with neither yes nor no is MIN_LOGPROB; error: it raises
         self.calls = 0  # requests actually sent (not answered from the cache)
 
     def _ask(self, prompt: str) -> dict:
@@ -167,9 +186,16 @@ class ApiJudge:
         return got
 
     @staticmethod
-    def yes_logprob(reply: dict) -> float:
-        """``log P(yes)`` over {yes, no} from the first token's top logprobs (else from the text)."""
-        choice = reply["choices"][0]
+    def yes_logprob(reply: dict, on_junk: str = "low") -> float:
+        """``log P(yes)`` over {yes, no} from the first token's top logprobs (else from the text).
+
+        Raises:
+            RuntimeError: with ``on_junk="error"``, a reply with neither yes nor no (or no choices).
+        """
+        try:
+            choice = reply["choices"][0]
+        except (KeyError, IndexError, TypeError):
+            raise RuntimeError(f"api judge: a reply without choices: {str(reply)[:200]!r}") from None
         content = ((choice.get("logprobs") or {}).get("content") or [{}])[0]
         yes, no = [], []
         for t in content.get("top_logprobs") or []:
@@ -179,9 +205,11 @@ class ApiJudge:
             ly = torch.logsumexp(torch.tensor(yes or [-1e9], dtype=torch.float64), 0)
             ln = torch.logsumexp(torch.tensor(no or [-1e9], dtype=torch.float64), 0)
             return max(float(ly - torch.logaddexp(ly, ln)), MIN_LOGPROB)
-        text = (choice.get("message") or {}).get("content", "").strip().lower()
+        text = ((choice.get("message") or {}).get("content") or "").strip().lower()
+        if on_junk == "error" and not text.startswith(("yes", "no")):
+            raise RuntimeError(f"api judge: the reply says neither yes nor no: {text[:80]!r}")
         return 0.0 if text.startswith("yes") else MIN_LOGPROB
 
     def __call__(self, questions: Sequence[str], responses: Sequence[str]) -> Tensor:
-        return torch.tensor([self.yes_logprob(self._ask(rubric_text(self.rubric, q, r)))
+        return torch.tensor([self.yes_logprob(self._ask(rubric_text(self.rubric, q, r)), self.on_junk)
                              for q, r in zip(questions, responses)])

@@ -68,6 +68,18 @@ class Prompter:
             return f"Context: {item.context}\nQuestion: {item.question}"
         return f"{item.context}\n{item.question}"
 
+    def generation(self, text: str, system: str | None = None) -> str:
+        """A free-form prompt for generation: the chat template's user turn (with ``system``
+        as its system message, falling back to ``self.system``) ready for the assistant's
+        reply; without a template the text itself, after the system text when there is one."""
+        system = system if system is not None else self.system
+        if not self.uses_chat:
+            return f"{system}\n\n{text}" if system else text
+        messages = [{"role": "user", "content": text}]
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
     def mc(self, item: MCItem) -> str:
         """The scoring prompt: question, lettered options, instruction, ending in ``Answer:``."""
         if self.reference:
@@ -82,6 +94,18 @@ class Prompter:
     def mc_with_letter(self, item: MCItem, option: int) -> str:
         """The scoring prompt followed by one answer letter (CAA's A/B contrast)."""
         return f"{self.mc(item)} {item.letters[option]}"
+
+    def with_response(self, item: MCItem, option: int) -> str:
+        """The question as the user turn and one option's text as the assistant's reply, with no
+        option list and no ``Answer:`` (a free-text contrast pair, ``method=response_diff``).
+
+        ``chat``: the template's user turn and generation prompt, then the response; otherwise
+        ``question\\nresponse``, or the response alone where the question is empty.
+        """
+        response, stem = item.options[option], self._stem(item)
+        if self.uses_chat:
+            return f"{self._wrap(stem, '')}{response}"
+        return f"{stem}\n{response}" if stem else response
 
     def with_option_text(self, item: MCItem, option: int) -> str:
         """The question (no option list) followed by one option's text (the iPAS contrast)."""

@@ -1,10 +1,10 @@
 """Judged fitness for open-ended behaviour: steered generation, then a judge's verdict.
 
 Every candidate delta of a generation continues every prompt in one batched
-``generate`` (rows = candidate x prompt), steered at every position of the prompt and of
-the continuation (steering only the last prompt token barely moves free text). The judge
-is any callable from responses to ``log P(rubric answer)``; locally that is a yes/no
-multiple-choice question scored by ``eas.core.score.score_mc`` (``rubric_logprob``).
+``eas.core.generate.generate`` (rows = candidate x prompt), steered at every position of
+the prompt and of the continuation (steering only the last prompt token barely moves free
+text). The judge is any callable from responses to ``log P(rubric answer)``; locally that
+is a yes/no multiple-choice question scored by ``eas.core.score.score_mc`` (``rubric_logprob``).
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from eas.core.intervene import add
+from eas.core.generate import GenCell, Sampling, generate
 from eas.core.sites import SiteMap
-from eas.core.tokens import pad_left
 
 
-@torch.inference_mode()
 def generate_steered(
     model,
     sites: SiteMap,
@@ -37,27 +35,13 @@ def generate_steered(
     Args:
         token_rows: prompts as token ids.
         deltas: ``[candidate, d_model]``, added at ``site`` of ``layer`` at every position.
+        batch_size: rows (candidate x prompt) decoded together.
         eos: token id(s) that end a continuation (the model's by default); not included.
     """
     sites.check_layer(layer)
-    device = next(model.parameters()).device
-    if eos is None:
-        eos = model.generation_config.eos_token_id
-    stops = set([eos] if isinstance(eos, int) else (eos or []))
-    jobs = [(c, i) for c in range(deltas.shape[0]) for i in range(len(token_rows))]
-    out: list[list[list[int]]] = [[[] for _ in token_rows] for _ in range(deltas.shape[0])]
-    for start in range(0, len(jobs), batch_size):
-        part = jobs[start:start + batch_size]
-        ids, mask = pad_left([token_rows[i] for _, i in part], pad, device)
-        delta = deltas[[c for c, _ in part]].to(device)  # [rows, d_model]
-        with add(sites, layer, site, delta, position="all"):
-            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                 do_sample=False, temperature=None, top_p=None, top_k=None,
-                                 pad_token_id=pad)
-        for (c, i), row in zip(part, gen[:, ids.shape[1]:].tolist()):
-            cut = next((j for j, t in enumerate(row) if t in stops), len(row))
-            out[c][i] = row[:cut]
-    return out
+    cells = [GenCell(layer, 1.0, d) for d in deltas]
+    return generate(model, sites, token_rows, site, cells, Sampling(max_new_tokens=max_new_tokens), steer_on="all",
+                    eos=eos, batch_size=batch_size, pad=pad)
 
 
 def rubric_logprob(scores: Tensor) -> Tensor:

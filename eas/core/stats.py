@@ -108,7 +108,7 @@ class McNemarResult:
     Attributes:
         statistic: ``min(b, c)`` for the exact test; the continuity-corrected chi-square
             ``(|b - c| - 1)**2 / (b + c)`` otherwise (statsmodels' statistic).
-        p_value: Two-sided p-value.
+        p_value: The p-value (two-sided unless ``mcnemar`` was asked for one side).
         b: Items right before and wrong after (right -> wrong).
         c: Items wrong before and right after (wrong -> right).
         exact: Whether the exact binomial test was used.
@@ -723,7 +723,10 @@ def correct(pvalues: ArrayLike, method: CorrectionMethod = "holm") -> np.ndarray
 
 
 def mcnemar(
-    before_correct: ArrayLike, after_correct: ArrayLike, exact: bool | None = None
+    before_correct: ArrayLike,
+    after_correct: ArrayLike,
+    exact: bool | None = None,
+    alternative: Alternative = "two-sided",
 ) -> McNemarResult:
     """McNemar's test of whether an intervention changes item-level accuracy.
 
@@ -735,6 +738,9 @@ def mcnemar(
         after_correct: Shape ``(n,)``, the same items after it.
         exact: ``True`` for the exact binomial test, ``False`` for the chi-square test
             with continuity correction, ``None`` to pick exact when ``b + c < 25``.
+        alternative: ``"two-sided"``; ``"greater"``: more items go wrong -> right than
+            right -> wrong (``c > b``); ``"less"``: the reverse. A one-sided test is the exact
+            binomial test of ``c`` out of ``b + c`` (``scipy.stats.binomtest``), whatever ``exact``.
 
     Returns:
         ``McNemarResult``. With no discordant items p is 1.
@@ -742,6 +748,7 @@ def mcnemar(
     Raises:
         ValueError: Lengths differ, an array is empty, or values are not bool/0/1.
     """
+    _check_alternative(alternative)
     before = _as_bool(before_correct, "before_correct")
     after = _as_bool(after_correct, "after_correct")
     if before.size != after.size:
@@ -755,7 +762,10 @@ def mcnemar(
     c = int(np.sum(~before & after))
     use_exact = (b + c < 25) if exact is None else bool(exact)
     if b + c == 0:  # no discordant item: no evidence (statsmodels' chi-square would divide by 0)
-        return McNemarResult(0.0, 1.0, b, c, use_exact)
+        return McNemarResult(0.0, 1.0, b, c, use_exact or alternative != "two-sided")
+    if alternative != "two-sided":
+        res = sps.binomtest(c, b + c, 0.5, alternative=alternative)
+        return McNemarResult(float(min(b, c)), float(res.pvalue), b, c, True)
     table = [[int(np.sum(before & after)), b], [c, int(np.sum(~before & ~after))]]
     res = contingency_tables.mcnemar(table, exact=use_exact, correction=True)
     return McNemarResult(float(res.statistic), float(res.pvalue), b, c, use_exact)

@@ -1,8 +1,9 @@
-"""Benchmarks as one schema: ``load_benchmark`` reads any benchmark format, ``split_items`` splits it.
+"""Benchmarks and prompt sets as one schema each: ``load_benchmark`` reads any benchmark format,
+``split_items`` splits it; ``load_prompts`` reads any free-form prompt set.
 
-A format is a module named by ``benchmark.format`` (``eas.data.formats.<name>`` or a
-dotted import path; see ``eas.data.formats``); the readers formats share are in
-``eas.data.readers``, the schema in ``eas.data.schema``.
+A format is a module named by ``benchmark.format`` or ``prompts.format``
+(``eas.data.formats.<name>`` or a dotted import path; see ``eas.data.formats``); the readers
+formats share are in ``eas.data.readers``, the schema in ``eas.data.schema``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from eas import extensions
 from eas.data.readers import RULES, item_rules
-from eas.data.schema import LETTERS, Benchmark, DataError, MCItem
+from eas.data.schema import LETTERS, Benchmark, DataError, MCItem, Prompt, PromptSet
 
 KINDS = ("mc", "ab")
 SPLITS = ("train", "val", "test")
@@ -29,9 +30,13 @@ __all__ = [
     "Benchmark",
     "DataError",
     "MCItem",
+    "Prompt",
+    "PromptSet",
     "drop_duplicates",
+    "filter_prompts",
     "item_rules",
     "load_benchmark",
+    "load_prompts",
     "reference_order",
     "split_items",
 ]
@@ -86,6 +91,111 @@ def load_benchmark(cfg: Any, seed: int = 0) -> Benchmark:
     if rules == "pas_reference":
         bench = dataclasses.replace(bench, items=tuple(reference_order(it, seed) for it in bench.items))
     return drop_duplicates(bench, error=duplicates == "error")
+
+
+def load_prompts(cfg: Any) -> PromptSet:
+    """Read the prompt set a ``PromptsConfig`` describes, through its format's ``load_prompts``.
+
+    The analogue of ``load_benchmark`` for prompts without options (generation, free-text judging).
+
+    Args:
+        cfg: an object with the ``PromptsConfig`` fields (the dataclass or an OmegaConf node):
+            ``name``, ``format``, ``path``, ``hub_id``, ``hub_config``, ``hub_split``, ``options``,
+            and the filters ``categories``, ``labels`` (None or a list), ``limit`` (None or N >= 1).
+
+    Returns:
+        The ``PromptSet``: prompts in file order, only those of ``categories`` and ``labels``
+        when given, then the first ``limit``.
+
+    Raises:
+        DataError: unknown format, missing ``prompts.path``, hub not reachable (says to pass
+            ``prompts.path=...``), malformed file, empty text, no prompts, two prompts with one
+            id, a category or label the set does not have (lists those it has), a bad limit.
+    """
+    try:
+        fmt = extensions.load("format", cfg.format, "prompts.format", needs=("load_prompts",))
+    except extensions.ExtensionError as e:
+        raise DataError(str(e)) from None
+    prompts = fmt.load_prompts(cfg)
+    if not isinstance(prompts, PromptSet):
+        raise DataError(
+            f"prompts.format={cfg.format!r}: {fmt.__name__}.load_prompts returned "
+            f"{type(prompts).__name__}; a format's load_prompts must return an eas.data.PromptSet"
+        )
+    _check_prompts(prompts)
+    return filter_prompts(
+        prompts,
+        categories=getattr(cfg, "categories", None),
+        labels=getattr(cfg, "labels", None),
+        limit=getattr(cfg, "limit", None),
+    )
+
+
+def _check_prompts(prompts: PromptSet) -> None:
+    """Every format's output has prompts, and no two share an id (ids key the store)."""
+    if not prompts.prompts:
+        raise DataError(f"prompt set {prompts.name!r}: no prompts read from {prompts.source}")
+    seen: set[str] = set()
+    for p in prompts.prompts:
+        if p.id in seen:
+            raise DataError(
+                f"prompt set {prompts.name!r}: duplicate prompt id {p.id!r} in {prompts.source}"
+            )
+        seen.add(p.id)
+
+
+def _as_names(value: Any, field: str) -> list[str] | None:
+    """A filter value: None, one name, or a list of names (an OmegaConf ListConfig included)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    try:
+        return [str(v) for v in value]
+    except TypeError:
+        raise DataError(f"{field}={value!r}: give a list of names, e.g. {field}=[a,b]") from None
+
+
+def filter_prompts(
+    prompts: PromptSet,
+    categories: Sequence[str] | str | None = None,
+    labels: Sequence[str] | str | None = None,
+    limit: int | None = None,
+) -> PromptSet:
+    """The prompts of ``categories`` and of ``labels`` (None keeps all), then the first ``limit``.
+
+    File order is kept, so a limit takes the same prompts every time.
+
+    Raises:
+        DataError: a category or label no prompt has (the message lists those present),
+            filters that together leave nothing, or ``limit`` < 1.
+    """
+    kept = list(prompts.prompts)
+    filters = (("category", "categories", categories), ("label", "labels", labels))
+    for attr, plural, value in filters:
+        wanted = _as_names(value, f"prompts.{plural}")
+        if wanted is None:
+            continue
+        present = sorted({getattr(p, attr) for p in prompts.prompts})
+        unknown = [w for w in wanted if w not in present]
+        if unknown:
+            raise DataError(
+                f"prompts.{plural}={wanted}: prompt set {prompts.name!r} has no {attr} {unknown}; "
+                f"its {plural} are {present}"
+            )
+        kept = [p for p in kept if getattr(p, attr) in wanted]
+    if not kept:
+        raise DataError(
+            f"prompt set {prompts.name!r}: no prompt has prompts.categories={categories!r} "
+            f"and prompts.labels={labels!r} together; widen one of them"
+        )
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise DataError(f"prompts.limit={limit!r}: must be an integer >= 1, or null for all")
+        kept = kept[:limit]
+    if len(kept) == len(prompts.prompts):
+        return prompts
+    return dataclasses.replace(prompts, prompts=tuple(kept))
 
 
 def reference_order(item: MCItem, seed: int) -> MCItem:

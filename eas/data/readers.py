@@ -1,14 +1,18 @@
 """What every benchmark format reads through: config access, file readers, hub, field checks.
 
-A format module (``eas.data.formats.<name>``) turns an upstream layout into ``MCItem``;
-the reading it shares lives here. Its source, in this order:
+A format module (``eas.data.formats.<name>``) turns an upstream layout into ``MCItem``
+(a benchmark) or ``Prompt`` (a free-form prompt set); the reading it shares lives here. Its
+source, in this order:
 
 1. ``benchmark.path``: a local file or folder in the upstream layout (json, jsonl, csv
-   or parquet, as the format needs);
+   or parquet, as the format needs; a ``.gz`` text file is read decompressed);
 2. ``benchmark.hub_id``: the Hugging Face hub copy, via ``datasets.load_dataset``
    (imported on first use; any failure becomes a ``DataError`` that says to pass
    ``benchmark.path=...``);
 3. eas's own sets need neither.
+
+A prompt set's config has the same source fields under ``prompts.``; the helpers that name a
+field in their errors take ``group="prompts"`` for it.
 
 Local files are read by the readers below, not by ``datasets``: its json reader infers one
 arrow schema for the whole file, which turns TruthfulQA's ``{answer: 1/0}`` objects into a
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import gzip
 import io
 import json
 import random
@@ -28,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from eas.data.schema import Benchmark, DataError, MCItem
+from eas.data.schema import Benchmark, DataError, MCItem, Prompt, PromptSet
 
 Record = tuple[str, dict[str, Any]]  # (where: "<file> line 3" / "hub <id> record 3", the row)
 
@@ -53,8 +58,8 @@ def option_list(cfg: Any, key: str) -> list[str] | None:
     return [str(v) for v in value]
 
 
-def local_path(cfg: Any) -> Path | None:
-    """``benchmark.path`` as an existing path, or None when unset.
+def local_path(cfg: Any, group: str = "benchmark") -> Path | None:
+    """``<group>.path`` as an existing path, or None when unset.
 
     Raises:
         DataError: the path is set but does not exist.
@@ -64,7 +69,7 @@ def local_path(cfg: Any) -> Path | None:
         return None
     path = Path(str(raw)).expanduser()
     if not path.exists():
-        raise DataError(f"benchmark.path={raw!r} does not exist; give an existing file or folder")
+        raise DataError(f"{group}.path={raw!r} does not exist; give an existing file or folder")
     return path
 
 
@@ -76,9 +81,15 @@ def read_text(path: Path) -> str:
 
     UTF-8 with or without a BOM (Excel and some exports write one; left in, it
     becomes part of the first CSV header or makes ``json.loads`` fail). Other
-    encodings are a DataError with the byte offset, not a UnicodeDecodeError.
+    encodings are a DataError with the byte offset, not a UnicodeDecodeError. A ``.gz`` file
+    (BeaverTails ships ``*.jsonl.gz``) is decompressed first.
     """
     data = path.read_bytes()
+    if path.suffix.lower() == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise DataError(f"{path}: not a readable gzip file ({e})") from e
     skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
         return data[skip:].decode("utf-8")
@@ -182,8 +193,11 @@ def read_parquet(path: Path) -> list[Record]:
 
 
 def read_records(path: Path, csv_columns: Sequence[str] = ()) -> list[Record]:
-    """Records of a .json (list), .jsonl, .csv (with header, ``csv_columns`` required) or .parquet file."""
+    """Records of a .json (list), .jsonl, .csv (with header, ``csv_columns`` required) or .parquet
+    file; the first three also gzipped (``.jsonl.gz``)."""
     suffix = path.suffix.lower()
+    if suffix == ".gz":
+        suffix = Path(path.stem).suffix.lower()
     if suffix == ".json":
         return read_json_list(path)
     if suffix == ".jsonl":
@@ -197,26 +211,26 @@ def read_records(path: Path, csv_columns: Sequence[str] = ()) -> list[Record]:
     )
 
 
-def single_file(folder: Path, patterns: Sequence[str], what: str) -> Path:
+def single_file(folder: Path, patterns: Sequence[str], what: str, group: str = "benchmark") -> Path:
     """The one data file in ``folder`` matching ``patterns``; otherwise a DataError listing them."""
     found = sorted({p for pat in patterns for p in folder.glob(pat) if p.is_file()})
     if len(found) == 1:
         return found[0]
     if not found:
         raise DataError(
-            f"benchmark.path={str(folder)!r}: no {what} file ({', '.join(patterns)}) in the folder"
+            f"{group}.path={str(folder)!r}: no {what} file ({', '.join(patterns)}) in the folder"
         )
     names = [p.name for p in found]
     raise DataError(
-        f"benchmark.path={str(folder)!r}: several candidate files {names}; "
-        f"point benchmark.path at one file or set benchmark.options.file"
+        f"{group}.path={str(folder)!r}: several candidate files {names}; "
+        f"point {group}.path at one file or set {group}.options.file"
     )
 
 
 # --------------------------------------------------------------------------- hub
 
 
-def hub_records(cfg: Any) -> list[Record]:
+def hub_records(cfg: Any, group: str = "benchmark") -> list[Record]:
     """Rows of ``cfg.hub_id`` (``hub_config``, ``hub_split``) from the Hugging Face hub."""
     hub_id, config, split = (
         cfg.hub_id,
@@ -225,8 +239,8 @@ def hub_records(cfg: Any) -> list[Record]:
     )
     where = f"hub {hub_id}" + (f"/{config}" if config else "") + f" [{split or 'all splits'}]"
     hint = (
-        f"; download the data and pass benchmark.path=<local file or folder> "
-        f"(benchmark.format={getattr(cfg, 'format', None)!r} reads the upstream layout)"
+        f"; download the data and pass {group}.path=<local file or folder> "
+        f"({group}.format={getattr(cfg, 'format', None)!r} reads the upstream layout)"
     )
     try:
         import datasets  # a second of imports; only a hub read pays it
@@ -239,15 +253,16 @@ def hub_records(cfg: Any) -> list[Record]:
     except Exception as e:  # offline, unknown id, gated: all become the same actionable error
         raise DataError(f"cannot load {where}: {type(e).__name__}: {e}{hint}") from e
     if isinstance(ds, dict):  # no split given: a DatasetDict
-        raise DataError(f"{where}: benchmark.hub_split is not set; choose one of {list(ds)}")
+        raise DataError(f"{where}: {group}.hub_split is not set; choose one of {list(ds)}")
     return [(f"{where} record {i}", dict(row)) for i, row in enumerate(ds)]
 
 
-def no_source(cfg: Any, expected: str) -> DataError:
-    """The error for a config with neither ``benchmark.path`` nor ``benchmark.hub_id``."""
+def no_source(cfg: Any, expected: str, group: str = "benchmark") -> DataError:
+    """The error for a config with neither ``<group>.path`` nor ``<group>.hub_id``."""
+    what = "benchmark" if group == "benchmark" else "prompt set"
     return DataError(
-        f"benchmark {cfg.name!r} (benchmark.format={getattr(cfg, 'format', None)!r}) has neither "
-        f"benchmark.path nor benchmark.hub_id; pass benchmark.path=<{expected}>"
+        f"{what} {cfg.name!r} ({group}.format={getattr(cfg, 'format', None)!r}) has neither "
+        f"{group}.path nor {group}.hub_id; pass {group}.path=<{expected}>"
     )
 
 
@@ -256,27 +271,29 @@ def records(
     expected: str,
     in_folder: Callable[[Path], Path],
     csv_columns: Sequence[str] = (),
+    group: str = "benchmark",
 ) -> tuple[list[Record], str]:
     """The records of ``benchmark.path``, else of the hub copy, and where they came from.
 
     Args:
-        cfg: the benchmark config.
+        cfg: the benchmark (or prompt set) config.
         expected: what ``benchmark.path`` should be, for the error when neither is set.
         in_folder: picks the file when ``benchmark.path`` is a folder (it raises a
             DataError naming what it looked for).
         csv_columns: the columns a csv file must have.
+        group: the config group the fields are named under in errors (``benchmark``, ``prompts``).
 
     Returns:
         ``(records, source)``: the records in file order; the file path or the hub id.
     """
-    path = local_path(cfg)
+    path = local_path(cfg, group)
     if path is not None:
         if path.is_dir():
             path = in_folder(path)
         return read_records(path, csv_columns), str(path)
     if getattr(cfg, "hub_id", None):
-        return hub_records(cfg), str(cfg.hub_id)
-    raise no_source(cfg, expected)
+        return hub_records(cfg, group), str(cfg.hub_id)
+    raise no_source(cfg, expected, group)
 
 
 # --------------------------------------------------------------------------- field helpers
@@ -356,3 +373,16 @@ def make_item(where: str, **kwargs: Any) -> MCItem:
 def make_benchmark(cfg: Any, items: Sequence[MCItem], source: str) -> Benchmark:
     """The ``Benchmark`` named by ``cfg`` (name, kind) holding ``items`` read from ``source``."""
     return Benchmark(name=str(cfg.name), items=tuple(items), kind=str(cfg.kind), source=source)
+
+
+def make_prompt(where: str, **kwargs: Any) -> Prompt:
+    """``Prompt(**kwargs)``, its DataError prefixed with ``where``."""
+    try:
+        return Prompt(**kwargs)
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from e
+
+
+def make_prompt_set(cfg: Any, prompts: Sequence[Prompt], source: str) -> PromptSet:
+    """The ``PromptSet`` named by ``cfg.name`` holding ``prompts`` read from ``source``."""
+    return PromptSet(name=str(cfg.name), prompts=tuple(prompts), source=source)

@@ -77,3 +77,51 @@ class Benchmark:
             shown = [it.id, it.context, it.question, list(it.options), it.label]
             h.update(json.dumps(shown + [it.fact] if it.fact else shown).encode())
         return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One free-form prompt: a user turn with no options, for generation and free-text judging.
+
+    Attributes:
+        id: stable identifier, unique within its prompt set.
+        text: the user turn; never empty.
+        system: an optional system prompt (emergent-misalignment's json questions carry one).
+        category: a grouping the upstream file gives (harm category, scenario type); may be empty.
+        label: a class the upstream file gives (``safe``/``unsafe`` in XSTest, ``harmful``); may be
+            empty.
+        metadata: anything else the upstream file carries (AdvBench's ``target``, emergent
+            misalignment's ``judge_prompts``, ...).
+    """
+
+    id: str
+    text: str
+    system: str = ""
+    category: str = ""
+    label: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id:
+            raise DataError(f"prompt id {self.id!r}: an id must be a non-empty string")
+        if not isinstance(self.text, str) or not self.text.strip():
+            raise DataError(f"prompt {self.id!r}: empty text; every prompt needs a user turn")
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """A named list of free-form prompts, in file order."""
+
+    name: str
+    prompts: tuple[Prompt, ...]
+    source: str = ""  # path or hub id it was read from
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def fingerprint(self) -> str:
+        """Short content hash of the prompts (id, system, text, category, label), for cache keys."""
+        h = hashlib.sha256()
+        for p in self.prompts:
+            h.update(json.dumps([p.id, p.system, p.text, p.category, p.label]).encode())
+        return h.hexdigest()[:16]

@@ -48,7 +48,7 @@ import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from eas import fanout, models, store
-from eas.config import ConfigError, EasConfig, ModelConfig, choice
+from eas.config import ConfigError, EasConfig, choice, model_preset
 from eas.core import cmaes, engine
 from eas.core import judge as judge_mod
 from eas.data.schema import MCItem
@@ -58,7 +58,6 @@ from eas.methods import base as methods
 from eas.methods import refined as refined_method
 
 log = logging.getLogger("eas")
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 FITNESS_NAMES = ("val_accuracy", "behaviour_logprob", "judge", "api_judge")
 FANOUT_CLUSTERS = ("local", "slurm")  # submitit executors for experiment.fanout
 
@@ -206,14 +205,7 @@ class Cmaes(Experiment):
     def judge_model_spec(self) -> DictConfig | None:
         """The local judge's ModelConfig from its conf/model preset; None for ``same``."""
         name = self.x.judge.model
-        if name == "same":
-            return None
-        preset = CONF_DIR / "model" / f"{name}.yaml"
-        if not preset.exists():
-            names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
-            raise ConfigError(f"experiment.judge.model={name!r}: no conf/model preset of that name; "
-                              f"use 'same' or one of: {', '.join(names)}")
-        return OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(preset))
+        return None if name == "same" else model_preset(name, "experiment.judge.model")
 
     def api_judge(self):
         from eas.judges import ApiJudge

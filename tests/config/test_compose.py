@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from eas import config as config_mod
-from eas.experiments.base import prepare
 from eas.cli import CONF_DIR
+from eas.experiments.base import prepare
 
 GROUPS = ["model", "benchmark", "method", "steer_target", "experiment", "grid"]
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import torch
 import pytest
+import torch
 
 EAS = str(Path(sys.executable).with_name("eas"))
 

@@ -402,7 +402,9 @@ def test_unknown_format_and_kind():
         load_benchmark(cfg("nope"))
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("benchmark.format='nope'")
-    assert "bbq, caa, eas, ethics, keyed_choices, mmlu, truthfulqa" in msg
+    choices = msg.split("choose one of ")[1].split(" or ")[0].split(", ")
+    assert {"bbq", "caa", "eas", "ethics", "keyed_choices", "mmlu", "truthfulqa", "pairs"} <= set(choices)
+    assert choices == sorted(choices)
     with pytest.raises(DataError, match=r"benchmark\.format='no_pkg\.toy'"):
         load_benchmark(cfg("no_pkg.toy"))
     with pytest.raises(DataError, match="benchmark.kind='xy'"):
@@ -654,7 +656,7 @@ def test_benchmark_config_keys(path):
     OmegaConf.merge(
         OmegaConf.structured(BenchmarkConfig), OmegaConf.load(path)
     )  # schema accepts it
-    if raw["format"] == "caa":
+    if raw["format"] in ("caa", "pairs"):  # the built-in pair sets ship with eas
         assert raw["kind"] == "ab" and raw["hub_id"] is None
     elif raw["format"] != "eas":
         assert raw["hub_id"] and raw["hub_split"]

@@ -17,9 +17,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from eas import config as config_mod
-from eas.experiments.base import prepare
 from eas.config import BenchmarkConfig, ConfigError
 from eas.data import DataError, load_benchmark, split_items
+from eas.experiments.base import prepare
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT.parent / "shared" / "data" / "samples"

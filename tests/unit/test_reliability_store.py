@@ -16,12 +16,11 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from eas import config as config_mod
-from eas.experiments.base import prepare
 from eas import store
 from eas.cli import CONF_DIR
 from eas.core import engine, score, tokens
 from eas.data.schema import MCItem
-from eas.experiments.base import Scored
+from eas.experiments.base import Scored, prepare
 
 TEXTS = ["Question: what is the answer? A. yes B. no Answer:", "the of and to Answer:",
          "A B C D the answer is yes and no and true of the that it Answer:"]

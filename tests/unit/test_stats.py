@@ -376,6 +376,19 @@ def test_mcnemar_exact_matches_scipy_binomtest():
     assert res.p_value == pytest.approx(sps.binomtest(res.b, res.b + res.c).pvalue)
 
 
+def test_mcnemar_one_sided_is_the_binomial_tail_of_the_gains():
+    # 3 items right -> wrong, 8 wrong -> right: "greater" asks whether gains outnumber losses
+    greater = stats.mcnemar(BEFORE, AFTER, alternative="greater")
+    less = stats.mcnemar(BEFORE, AFTER, alternative="less")
+    assert greater.p_value == pytest.approx(sps.binom.sf(8 - 1, 11, 0.5), rel=1e-12)
+    assert less.p_value == pytest.approx(sps.binom.cdf(8, 11, 0.5), rel=1e-12)
+    assert greater.p_value < stats.mcnemar(BEFORE, AFTER, exact=True).p_value < less.p_value
+    assert stats.mcnemar(AFTER, BEFORE, alternative="less").p_value == greater.p_value
+    assert stats.mcnemar(BEFORE, BEFORE, alternative="greater").p_value == 1.0
+    with pytest.raises(ValueError, match="alternative"):
+        stats.mcnemar(BEFORE, AFTER, alternative="bigger")
+
+
 def test_mcnemar_properties():
     forward, backward = stats.mcnemar(BEFORE, AFTER), stats.mcnemar(AFTER, BEFORE)
     assert (forward.b, forward.c) == (backward.c, backward.b)
