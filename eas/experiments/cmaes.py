@@ -51,7 +51,7 @@ from eas import fanout, models, store
 from eas.config import ConfigError, EasConfig, choice, model_preset
 from eas.core import cmaes, engine
 from eas.core import judge as judge_mod
-from eas.data.schema import MCItem
+from eas.data.schema import DataError, MCItem
 from eas.experiments.base import Config as BaseConfig
 from eas.experiments.base import Experiment
 from eas.methods import base as methods
@@ -59,7 +59,8 @@ from eas.methods import refined as refined_method
 
 log = logging.getLogger("eas")
 FITNESS_NAMES = ("val_accuracy", "behaviour_logprob", "judge", "api_judge")
-FANOUT_CLUSTERS = ("local", "slurm")  # submitit executors for experiment.fanout
+FANOUT_CLUSTERS = ("local", "slurm")
+JUDGE_PROMPTS = ("benchmark", "prompt_set")  # experiment.judge.prompts  # submitit executors for experiment.fanout
 
 
 @dataclass
@@ -67,7 +68,10 @@ class JudgeConfig:
     # fitness=judge (local model) or api_judge (OpenAI-compatible endpoint)
     model: str = MISSING  # "same" = the steered model, unsteered; else a conf/model preset name
     rubric: str = MISSING
-    n_prompts: int = MISSING  # val items whose prompts are continued and judged
+    n_prompts: int = MISSING  # val items (or prompt-set prompts) whose prompts are continued and judged
+    # benchmark: the split's multiple-choice prompts; prompt_set: free-form prompts of `prompts`
+    # (its first n_prompts for the search, the next n_prompts for the final test score)
+    prompts: str = "benchmark"
     max_new_tokens: int = MISSING
     api_model: str = MISSING
     api_base: str = MISSING
@@ -114,6 +118,7 @@ def validate(cfg: DictConfig) -> None:
         for name in ("n_prompts", "max_new_tokens"):
             if x.judge[name] < 1:
                 raise ConfigError(f"experiment.judge.{name}={x.judge[name]}: must be >= 1")
+        choice("experiment.judge.prompts", x.judge.prompts, JUDGE_PROMPTS)
     f = x.fanout
     if f.workers < 0:
         raise ConfigError(f"experiment.fanout.workers={f.workers}: must be >= 0 (0 evaluates in-process)")
@@ -177,8 +182,12 @@ class Cmaes(Experiment):
 
     def judge_fitness(self, layer: int, split: str, judge_fn) -> cmaes.Fitness:
         s, j = self, self.x.judge
-        items = s.splits[split][: int(j.n_prompts)]
-        rows = self.mc_rows(items)
+        n = int(j.n_prompts)
+        if j.prompts == "prompt_set":
+            questions, rows = self.free_form(split, n)
+        else:
+            items = s.splits[split][:n]
+            questions, rows = [_question(it) for it in items], self.mc_rows(items)
         tok = s.lm.tokenizer
 
         def generate(deltas: torch.Tensor) -> list[list[str]]:
@@ -186,7 +195,20 @@ class Cmaes(Experiment):
                                              int(j.max_new_tokens), s.batch_size, s.pad)
             return [[tok.decode(ids, skip_special_tokens=True).strip() for ids in row] for row in got]
 
-        return judge_mod.judge_fitness(generate, judge_fn, [_question(it) for it in items])
+        return judge_mod.judge_fitness(generate, judge_fn, questions)
+
+    def free_form(self, split: str, n: int) -> tuple[list[str], list[list[int]]]:
+        """The prompt set's prompts for ``split`` (the first ``n`` for val, the next ``n`` for
+        test) as judge questions and generation rows."""
+        from eas.data import load_prompts
+
+        prompts = list(load_prompts(self.cfg.prompts).prompts)
+        if len(prompts) < 2 * n:
+            raise DataError(f"experiment.judge.prompts=prompt_set needs 2 x experiment.judge.n_prompts={n} prompts "
+                            f"(search, then test); prompt set {self.cfg.prompts.name} has {len(prompts)}")
+        part = prompts[:n] if split != "test" else prompts[n:2 * n]
+        texts = [self.prompter.generation(p.text, p.system or None) for p in part]
+        return [p.text for p in part], self.rows(texts, [p.id for p in part])
 
     def local_judge(self):
         from eas.judges import LocalJudge

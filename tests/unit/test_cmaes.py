@@ -315,6 +315,27 @@ def test_gap_table_columns():
     np.testing.assert_allclose(df["test_gap"], [0.1, -0.1])
 
 
+def test_judge_fitness_on_free_form_prompts(tmp_path):
+    """experiment.judge.prompts=prompt_set: the search continues the prompt set's first prompts,
+    the final test score the next ones, through the generation engine."""
+    cfg = _cfg(tmp_path, "f", "experiment.fitness=judge", "experiment.popsize=2", "experiment.generations=1",
+               "experiment.judge.n_prompts=2", "experiment.judge.max_new_tokens=3", "experiment.k=3",
+               "experiment.judge.prompts=prompt_set", "prompts=task_free")
+    job = cmaes_job.Cmaes(cfg, tmp_path / "f" / "run")
+    job.load()
+    val_q, val_rows = job.free_form("val", 2)
+    test_q, _ = job.free_form("test", 2)
+    from eas.data import load_prompts
+
+    texts = [p.text for p in load_prompts(cfg.prompts).prompts]
+    assert val_q == texts[:2] and test_q == texts[2:4]
+    assert all(q in job.lm.tokenizer.decode(r) for q, r in zip(val_q, val_rows))
+    s = cmaes_job.run(cfg, tmp_path / "f" / "run")
+    assert s["fitness"] == "judge" and s["refined"]["val"]["fitness"] <= 0
+    with pytest.raises(config_mod.ConfigError, match="experiment.judge.prompts"):
+        _cfg(tmp_path, "g", "experiment.fitness=judge", "experiment.judge.prompts=somewhere")
+
+
 def test_job_with_the_local_judge_fitness(tmp_path):
     cfg = _cfg(tmp_path, "j", "experiment.fitness=judge", "experiment.popsize=2", "experiment.generations=2",
                "experiment.judge.n_prompts=2", "experiment.judge.max_new_tokens=3", "experiment.k=3")
