@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -120,12 +121,20 @@ def _window(n: int, steer_on: str, steer_from: int | None) -> tuple[int, int]:
 
 
 def _noise(sampling: Sampling, n_prompts: int) -> Tensor | None:
-    """``[prompt, step]`` uniforms in [0, 1), float64: prompt ``i``'s from a generator seeded by (seed, i)."""
+    """``[prompt, step]`` uniforms in [0, 1), float64: prompt ``i``'s from a generator seeded by (seed, i).
+
+    Raises:
+        ValueError: a negative seed.
+    """
+    if sampling.seed < 0:
+        raise ValueError(f"seed={sampling.seed}: must be >= 0")
     if sampling.temperature == 0:
         return None
     rows = []
     for i in range(n_prompts):
-        g = torch.Generator().manual_seed(((sampling.seed & 0xFFFFFFFF) << 32) | i)
+        # torch's CPU generator keeps only 32 bits of a seed: (seed, i) is mixed into 32 bits by
+        # numpy's SeedSequence, so seeds that differ above bit 32 still draw different numbers
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([sampling.seed, i]).generate_state(1)[0]))
         rows.append(torch.rand(sampling.max_new_tokens, generator=g, dtype=torch.float64))
     return torch.stack(rows)
 
