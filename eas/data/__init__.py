@@ -131,19 +131,6 @@ def load_prompts(cfg: Any) -> PromptSet:
     )
 
 
-def _check_prompts(prompts: PromptSet) -> None:
-    """Every format's output has prompts, and no two share an id (ids key the store)."""
-    if not prompts.prompts:
-        raise DataError(f"prompt set {prompts.name!r}: no prompts read from {prompts.source}")
-    seen: set[str] = set()
-    for p in prompts.prompts:
-        if p.id in seen:
-            raise DataError(
-                f"prompt set {prompts.name!r}: duplicate prompt id {p.id!r} in {prompts.source}"
-            )
-        seen.add(p.id)
-
-
 def _as_names(value: Any, field: str) -> list[str] | None:
     """A filter value: None, one name, or a list of names (an OmegaConf ListConfig included)."""
     if value is None:
@@ -209,17 +196,24 @@ def reference_order(item: MCItem, seed: int) -> MCItem:
     )
 
 
-def _check_items(bench: Benchmark) -> None:
-    """Every format's output has items, and no two share an id (ids key the store)."""
-    if not bench.items:
-        raise DataError(f"benchmark {bench.name!r}: no items read from {bench.source}")
+def _check_ids(what: str, name: str, noun: str, ids, source: str) -> None:
+    """Every format's output has rows, and no two share an id (ids key the store)."""
+    ids = list(ids)
+    if not ids:
+        raise DataError(f"{what} {name!r}: no {noun}s read from {source}")
     seen: set[str] = set()
-    for it in bench.items:
-        if it.id in seen:
-            raise DataError(
-                f"benchmark {bench.name!r}: duplicate item id {it.id!r} in {bench.source}"
-            )
-        seen.add(it.id)
+    for i in ids:
+        if i in seen:
+            raise DataError(f"{what} {name!r}: duplicate {noun} id {i!r} in {source}")
+        seen.add(i)
+
+
+def _check_items(bench: Benchmark) -> None:
+    _check_ids("benchmark", bench.name, "item", (it.id for it in bench.items), bench.source)
+
+
+def _check_prompts(prompts: PromptSet) -> None:
+    _check_ids("prompt set", prompts.name, "prompt", (p.id for p in prompts.prompts), prompts.source)
 
 
 def _item_key(it: MCItem) -> tuple:

@@ -361,8 +361,11 @@ class Generate(Experiment):
         self.write_vectors(vecs)
         from eas.report.generation import sample_sheet, write_generation_figures
 
+        # the sheet shows each scorer's headline column; every column is in generations.parquet
+        shown = [c for c in sorted(columns) if c == x.success.column or not (
+            c.endswith(("_pos", "_neg", "_chars", "_words", "_mean_logprob")) or c.startswith("distinct_"))]
         store.write_text(self.out / "sample_sheet.md", sample_sheet(df, self.prompts, int(x.sample_sheet_prompts),
-                                                                    sorted(columns)))
+                                                                    shown))
         summary = self.finish(summary, headline(summary))
         if not curves.empty:
             self.figures(write_generation_figures, curves, self.out / "figures")
