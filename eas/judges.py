@@ -116,11 +116,13 @@ def _post(url: str, payload: dict, key: str, timeout: float) -> dict:
     return r.json()
 
 
-def probe_endpoint(api_base: str, timeout: float = 5.0) -> None:
+def probe_endpoint(api_base: str, timeout: float = 5.0, field: str = "experiment.judge",
+                   offline: str = "experiment.fitness=judge") -> None:
     """Check that an OpenAI-compatible endpoint answers, before minutes of model loading.
 
     One GET of ``{api_base}/models``, without retries: any HTTP response (401 and 404 included)
-    means a server is there; no answer within ``timeout`` seconds is the error.
+    means a server is there; no answer within ``timeout`` seconds is the error. ``field`` is the
+    config node holding ``api_base``, ``offline`` the setting that picks the local judge instead.
 
     Raises:
         ConfigError: ``api_base`` is not an http(s) URL, or nothing answers there.
@@ -130,13 +132,13 @@ def probe_endpoint(api_base: str, timeout: float = 5.0) -> None:
         requests.get(url, timeout=timeout)
     except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
             requests.exceptions.InvalidURL):
-        raise ConfigError(f"experiment.judge.api_base={api_base!r} is not an http(s) URL; "
+        raise ConfigError(f"{field}.api_base={api_base!r} is not an http(s) URL; "
                           f"give one like http://localhost:8000/v1") from None
     except requests.RequestException as e:
         raise ConfigError(
-            f"experiment.judge.api_base={api_base!r}: no answer from {url} within {timeout:g} s "
+            f"{field}.api_base={api_base!r}: no answer from {url} within {timeout:g} s "
             f"({type(e).__name__}); check the URL and the network, or use the offline local judge: "
-            f"experiment.fitness=judge") from None
+            f"{offline}") from None
 
 
 class ApiJudge:
@@ -148,18 +150,21 @@ class ApiJudge:
         key_env: the environment variable holding the API key.
         cache_dir: where responses are kept (one JSON file per prompt).
         rubric: the template with ``{question}`` and ``{response}``.
+        on_junk: ``low``: a reply with neither yes nor no is ``MIN_LOGPROB``; ``error``: it raises.
+        field: the config node of these settings, ``offline`` the local judge's setting (for errors).
 
     Raises:
         ConfigError: the key variable is unset or empty.
     """
 
     def __init__(self, model: str, base_url: str, key_env: str, cache_dir: str | Path, rubric: str,
-                 timeout: float = 60.0, on_junk: str = "low"):
+                 timeout: float = 60.0, on_junk: str = "low", field: str = "experiment.judge",
+                 offline: str = "experiment.fitness=judge"):
         key = os.environ.get(key_env, "")
         if not key:
             raise ConfigError(
-                f"fitness=api_judge needs an API key in ${key_env} (experiment.judge.api_key_env), and it is "
-                f"not set. Export it, or use the offline local judge: experiment.fitness=judge")
+                f"the API judge needs an API key in ${key_env} ({field}.api_key_env), and it is "
+                f"not set. Export it, or use the offline local judge: {offline}")
         self.model, self.base_url, self.key, self.timeout = model, base_url.rstrip("/"), key, timeout
         self.cache = store.Store(cache_dir)
         self.rubric = rubric
@@ -182,7 +187,8 @@ class ApiJudge:
             raise RuntimeError(f"api judge {self.base_url} ({self.model}): no answer after retries "
                                f"({type(e).__name__}: {e})") from None
         self.calls += 1
-        self.cache.put_json("api_judge", k, got)
+        if isinstance(got, dict) and got.get("choices"):  # an answer; an odd payload is not kept
+            self.cache.put_json("api_judge", k, got)
         return got
 
     @staticmethod
@@ -211,5 +217,11 @@ class ApiJudge:
         return 0.0 if text.startswith("yes") else MIN_LOGPROB
 
     def __call__(self, questions: Sequence[str], responses: Sequence[str]) -> Tensor:
-        return torch.tensor([self.yes_logprob(self._ask(rubric_text(self.rubric, q, r)), self.on_junk)
-                             for q, r in zip(questions, responses)])
+        out = []
+        for q, r in zip(questions, responses):
+            reply = self._ask(rubric_text(self.rubric, q, r))
+            try:
+                out.append(self.yes_logprob(reply, self.on_junk))
+            except RuntimeError as e:  # a junk reply: say which judge gave it
+                raise RuntimeError(f"{e} (from {self.base_url}, model {self.model})") from None
+        return torch.tensor(out)

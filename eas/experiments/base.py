@@ -184,22 +184,11 @@ class Experiment:
         )
         log.info("benchmark %s: %d items -> %s", self.bench.name, len(self.bench),
                  {k: len(v) for k, v in self.splits.items()})
-        self.lm = models.load(cfg.model, seed=cfg.seed)
-        for layer in self.layers:
-            self.lm.sites.check_layer(layer)
-        self.lm.sites.module(self.layers[0], self.site)  # unknown site for this family: fail now
-        log.info("model %s (%s, %d blocks) loaded in %.1fs on %s", self.lm.name, self.lm.sites.family,
-                 self.lm.sites.n_layers, self.lm.load_seconds, self.lm.device)
+        self.load_model()
         p = cfg.prompt
-        self.prompter = Prompter(self.lm.tokenizer, p.format, p.system, p.instruction)
-        if p.format == "chat" and not self.prompter.uses_chat:
-            log.warning("prompt.format=chat, but model %s has no chat template: its prompts are plain text",
-                        self.lm.name)
         n_letters = max(len(it.options) for it in self.bench.items)
         self.letter_ids = score_mod.letter_token_ids(self.lm.tokenizer, n_letters, p.letters == "bare")
         self.head = score_mod.LetterHead(self.lm.model, self.letter_ids)
-        self.pad = tokens.pad_id(self.lm.tokenizer)
-        self.batch_size = cfg.batch_size or auto_batch_size(self.lm.model)
         # what decides every result of this job, besides the cell itself
         self.base_key = [
             self.lm.fingerprint, self.bench.fingerprint(),
@@ -208,6 +197,29 @@ class Experiment:
         ]
         if cfg.split_rule != "eas":  # keys of eas-rule splits stay as they were
             self.base_key.append(["split_rule", cfg.split_rule])
+
+    def load_model(self, steered: bool = True) -> None:
+        """The model, its prompter, the padding id and the batch size (and, for a kind that
+        steers, its layers and site checked against the model)."""
+        cfg = self.cfg
+        self.lm = models.load(cfg.model, seed=cfg.seed)
+        if steered:
+            for layer in self.layers:
+                self.lm.sites.check_layer(layer)
+            self.lm.sites.module(self.layers[0], self.site)  # unknown site for this family: fail now
+        log.info("model %s (%s, %d blocks) loaded in %.1fs on %s", self.lm.name, self.lm.sites.family,
+                 self.lm.sites.n_layers, self.lm.load_seconds, self.lm.device)
+        p = cfg.prompt
+        self.prompter = Prompter(self.lm.tokenizer, p.format, p.system, p.instruction)
+        if p.format == "chat" and not self.prompter.uses_chat:
+            log.warning("prompt.format=chat, but model %s has no chat template: its prompts are plain text",
+                        self.lm.name)
+        self.pad = tokens.pad_id(self.lm.tokenizer)
+        self.batch_size = cfg.batch_size or auto_batch_size(self.lm.model)
+
+    def data_identity(self) -> dict[str, str]:
+        """What the manifest says of the data a job read (a kind reading other data says so)."""
+        return {"data_fingerprint": self.bench.fingerprint(), "data_source": self.bench.source}
 
     def rows(self, texts: list[str], ids: list[str] | None = None) -> list[list[int]]:
         """Token ids of ``texts``; a text longer than the model's context is a DataError naming it,
@@ -475,8 +487,8 @@ class Experiment:
             "experiment": self.x.name,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "git_commit": store.git_commit(), "versions": store.versions(),
-            "model_fingerprint": self.lm.fingerprint, "data_fingerprint": self.bench.fingerprint(),
-            "data_source": self.bench.source, "device": str(self.lm.device), "seconds": seconds,
+            "model_fingerprint": self.lm.fingerprint, **self.data_identity(),
+            "device": str(self.lm.device), "seconds": seconds,
         })
         print("\n".join([*headline, f"  results: {self.out}"]), flush=True)
         return summary

@@ -156,6 +156,10 @@ class Generate(Experiment):
         columns, failed = self.scores(cells, texts)
         return self.write(cells, vecs, texts, token_counts, columns, failed)
 
+    def data_identity(self) -> dict[str, str]:
+        return {**super().data_identity(), "prompts_fingerprint": self.prompt_set.fingerprint(),
+                "prompts_source": self.prompt_set.source}
+
     # -- prompts ------------------------------------------------------------------------
     def system(self, p: Prompt, condition: str) -> str:
         """The system prompt: ``prompt.system``, the prompt's own, and the condition's instruction."""

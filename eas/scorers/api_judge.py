@@ -43,9 +43,11 @@ def columns(params: dict) -> list[str]:
 def make(params: dict, ctx):
     if ctx.store_root is None:
         raise config.ConfigError("the api_judge scorer caches its answers in the store: give it a store root")
+    field = "experiment.scorers.api_judge"
+    offline = "the judge scorer (experiment.scorers.judge)"
     judge = ApiJudge(params["model"], params["api_base"], params["api_key_env"], ctx.store_root, params["rubric"],
-                     float(params.get("timeout", 60.0)), params.get("on_junk", "error"))
-    probe_endpoint(params["api_base"])
+                     float(params.get("timeout", 60.0)), params.get("on_junk", "error"), field, offline)
+    probe_endpoint(params["api_base"], field=field, offline=offline)
     col = column("api_judge", params)
 
     def score(samples):

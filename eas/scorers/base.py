@@ -3,6 +3,7 @@ the one check of its output (the right length, finite floats: a scorer never ret
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,9 +61,22 @@ def module(name: str, field: str) -> ModuleType:
 def check(name: str, params: dict, field: str | None = None) -> None:
     """Before anything loads: the scorer exists and its ``validate`` accepts ``params``."""
     field = field or f"experiment.scorers.{name}"
-    mod = module(name, field)
-    if hasattr(mod, "validate"):
-        mod.validate(dict(params), field)
+    _validate(module(name, field), params, field)
+
+
+def _validate(mod: ModuleType, params: dict, field: str) -> None:
+    """``mod.validate(params, field)``, or ``mod.validate(params)`` for a scorer that names no field."""
+    fn = getattr(mod, "validate", None)
+    if fn is None:
+        return
+    try:
+        takes_field = len(inspect.signature(fn).parameters) >= 2
+    except (TypeError, ValueError):  # no signature to read (a builtin): give it the field
+        takes_field = True
+    if takes_field:
+        fn(dict(params), field)
+    else:
+        fn(dict(params))
 
 
 def columns(name: str, params: dict, field: str | None = None) -> list[str] | None:
@@ -79,8 +93,7 @@ def load(name: str, params: dict, ctx: Context, field: str | None = None) -> Cal
     """
     field = field or f"experiment.scorers.{name}"
     mod = module(name, field)
-    if hasattr(mod, "validate"):
-        mod.validate(dict(params), field)
+    _validate(mod, params, field)
     fn = mod.make(dict(params), ctx)
 
     def score(samples: Sequence[Sample]) -> Columns:

@@ -108,6 +108,31 @@ def test_loading_and_checking(ctx):
         base.checked("x", {"c": [0.0]}, 2)
 
 
+NAN_SCORER = """
+def validate(params):
+    if params.get("bad"):
+        from eas.config import ConfigError
+        raise ConfigError("experiment.scorers.odd.bad: no")
+
+def make(params, ctx):
+    return lambda samples: {"odd": [float("nan")] * len(samples)}
+"""
+
+
+def test_a_scorer_outside_eas_is_checked_like_eas_own(tmp_path, monkeypatch):
+    (tmp_path / "lab_scoring").mkdir()
+    (tmp_path / "lab_scoring" / "__init__.py").write_text("")
+    (tmp_path / "lab_scoring" / "odd.py").write_text(NAN_SCORER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base.check("lab_scoring.odd", {}, "experiment.scorers.odd")  # a validate(params) without the field
+    with pytest.raises(ConfigError, match=r"experiment\.scorers\.odd\.bad"):
+        base.check("lab_scoring.odd", {"bad": True}, "experiment.scorers.odd")
+    assert base.columns("lab_scoring.odd", {}) is None  # it does not say: known only once it has scored
+    fn = base.load("lab_scoring.odd", {}, None)
+    with pytest.raises(ValueError, match=r"scorer lab_scoring\.odd: column 'odd' is nan for sample 0"):
+        fn([sample("x")])
+
+
 class _Fake(BaseHTTPRequestHandler):
     replies: typing.ClassVar[list] = []
     seen: typing.ClassVar[list] = []
@@ -121,6 +146,13 @@ class _Fake(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).seen.append((self.headers.get("Authorization"), body))
         content = type(self).replies[0]
+        if content == "401":
+            data = b'{"error": "bad key"}'
+            self.send_response(401)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         if content == "Yes":
             top = [{"token": "Yes", "logprob": math.log(0.8)}, {"token": "No", "logprob": math.log(0.2)}]
         else:
@@ -164,9 +196,15 @@ def test_api_judge_caches_keeps_the_key_secret_and_refuses_junk(server, tmp_path
     written = "".join(p.read_text(errors="ignore") for p in (tmp_path / "store").rglob("*") if p.is_file())
     assert written and secret not in written
     _Fake.replies = ["Banana"]
-    with pytest.raises(RuntimeError, match="neither yes nor no: 'banana'") as e:
+    with pytest.raises(RuntimeError, match=r"neither yes nor no: 'banana' \(from http://127\.0\.0\.1:\d+/v1, "
+                                           r"model m\)") as e:
         fn([sample("Something new.")])
     assert secret not in str(e.value)
+    _Fake.replies = ["401"]
+    with pytest.raises(RuntimeError, match=r"HTTP 401: .*bad key") as e:
+        fn([sample("Refused at the door.")])
+    assert secret not in str(e.value)
+    _Fake.replies = ["Banana"]
     low = base.load("api_judge", {**params, "on_junk": "low"}, c)([sample("Another new one.")])
     assert low["api_judge"][0] == pytest.approx(1e-4)
 
@@ -176,8 +214,8 @@ def test_api_judge_without_a_server_or_key_fails_before_scoring(tmp_path, monkey
     c = base.Context(ctx.model, ctx.tokenizer, 0, 4, "plain", str(tmp_path))
     params = {"rubric": "{question} {response}", "model": "m", "api_base": "http://127.0.0.1:9/v1",
               "api_key_env": "EAS_TEST_JUDGE_KEY"}
-    with pytest.raises(ConfigError, match="no answer from"):
+    with pytest.raises(ConfigError, match=r"experiment\.scorers\.api_judge\.api_base=.*no answer from"):
         base.load("api_judge", params, c)
     monkeypatch.delenv("EAS_TEST_JUDGE_KEY")
-    with pytest.raises(ConfigError, match=r"\$EAS_TEST_JUDGE_KEY"):
+    with pytest.raises(ConfigError, match=r"\$EAS_TEST_JUDGE_KEY \(experiment\.scorers\.api_judge\.api_key_env\)"):
         base.load("api_judge", params, c)
