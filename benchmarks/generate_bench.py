@@ -35,12 +35,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep_bench import SHAPES, load, sync  # noqa: E402 - the shared model loading of the benchmarks
+from sweep_bench import SHAPES, load, sync
 
-from eas.core import generate as gen  # noqa: E402
-from eas.core import tokens  # noqa: E402
-from eas.core.intervene import add  # noqa: E402
-from eas.prompts import Prompter  # noqa: E402
+from eas.core import generate as gen
+from eas.core import tokens
+from eas.core.intervene import add
+from eas.prompts import Prompter
 
 TOPICS = ["a stranger who dropped their wallet", "a coworker moving a meeting", "a friend before an exam",
           "a neighbour whose cat is lost", "a child asking why the sky is blue", "a customer with a late parcel",

@@ -127,8 +127,8 @@ class Pairs(Experiment):
         if not summary["kept"]:
             summary["error"] = (f"no pair passed validation ({dropped}); see candidates.parquet, and loosen the "
                                 f"checks or change experiment.positive / experiment.negative")
-        headline = [f"eas: {self.lm.name} wrote {len(df)} candidate {x.trait} pairs from {self.prompt_set.name}; "
-                    f"kept {summary['kept']} (dropped: {dropped or 'none'})",
+        headline = [(f"eas: {self.lm.name} wrote {len(df)} candidate {x.trait} pairs from {self.prompt_set.name}; "
+                     f"kept {summary['kept']} (dropped: {dropped or 'none'})"),
                     f"  use them: eas benchmark=pairs_kindness benchmark.name={x.trait} benchmark.path={out}"]
         return self.finish(summary, headline)
 
