@@ -63,7 +63,7 @@ def sample_sheet(gens: pd.DataFrame, prompts: Sequence, n_prompts: int, score_co
 
 
 def _panels(curves: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    return [(f"{c}" + ("" if g == "all" else f" · {g}"), d)
+    return [(f"condition {c}" + ("" if g == "all" else f" · prompts {g}"), d)
             for (c, g), d in curves.groupby(["condition", "group"], sort=True)]
 
 
