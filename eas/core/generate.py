@@ -169,7 +169,7 @@ class _Prefix:
 
     Attributes:
         shared: per prompt of the group, how many of its first tokens the prefix holds.
-        tail: ``Q``, the prompt tokens each row runs after its prefix (the same for every row).
+        tail: ``Q``, the most prompt tokens a row runs after its prefix (exactly ``Q`` where the prefix is not empty).
         index: prompt -> its row in the prefix batch (prompts with an empty prefix are absent).
         cache: the prefix batch's key/value cache (``None`` when every prefix is empty).
         mask: ``[prefix rows, P]`` attention mask of the prefix batch.
@@ -225,7 +225,8 @@ def _decode(model, sites: SiteMap, site: str, token_rows, rows: list[tuple[int, 
             deltas[cell.layer][j] = (cell.strength * cell.vector).to(device=device, dtype=dtype)
     u = None if noise is None else noise[[i for i, _ in rows]]  # [rows, step], CPU
 
-    # the prefix, forked per row: its tensors shared, the rows' appends their own
+    # the group's prefix cache, forked: it stays intact for the group's other batches, and
+    # selecting each row's prompt from it is the only copy of the prefix these rows make
     cache, mask, logits = None, torch.zeros(r, 0, dtype=torch.long, device=device), None
     if prefix.cache is not None:
         src = torch.tensor([prefix.index.get(i, 0) for i, _ in rows], device=device)

@@ -20,6 +20,29 @@ from safetensors.torch import load_file
 from eas.experiments.steer import Steer
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pas_reference"
+
+
+def _fixture_tool():
+    """tools/pas_reference_fixtures.py, whose ``build_tiny_model`` made the model the reference ran."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "tools" / "pas_reference_fixtures.py"
+    spec = importlib.util.spec_from_file_location("pas_reference_fixtures", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    """The tiny random Llama the reference ran, rebuilt (it is not kept in git) and checked by the
+    digest of its weights: a torch whose init draws other numbers fails here, not as a parity gap."""
+    dest = tmp_path_factory.mktemp("pas_reference") / "tiny_llama"
+    digest = _fixture_tool().build_tiny_model(dest)
+    want = (FIXTURES / "tiny_llama.sha256").read_text().strip()
+    assert digest == want, (f"random_model('llama', seed=0) no longer gives the weights the reference ran "
+                            f"({digest[:12]} != {want[:12]}): rerun tools/pas_reference_fixtures.py --model tiny")
+    return dest
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "samples"
 needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"no upstream samples at {SAMPLES}")
 
@@ -80,10 +103,10 @@ def compose_cfg():
 
 @needs_samples
 @pytest.mark.parametrize("name", TINY)
-def test_tiny_llama_reproduces_the_reference_run(name, compose_cfg, tmp_path):
+def test_tiny_llama_reproduces_the_reference_run(name, compose_cfg, tmp_path, tiny_llama):
     """Every number the reference's Pipeline computed on the tiny random Llama, for PASf, iPASa, iPASwo."""
     fx = json.loads((FIXTURES / name).read_text())
-    model = ["model=tiny_random", "model.source=local", f"model.id={FIXTURES / 'tiny_llama'}"]
+    model = ["model=tiny_random", "model.source=local", f"model.id={tiny_llama}"]
     for ref_method, method in METHODS.items():
         exp = job(compose_cfg, fx, model, method, tmp_path)
         if "error" in fx:
