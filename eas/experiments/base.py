@@ -241,9 +241,9 @@ class Experiment:
     def bar(self, total: int, desc: str):
         return tqdm(total=total, desc=desc, disable=not self.progress, leave=False)
 
-    def oom_safe(self, fn):
-        """``fn(batch_size)``, halving the batch size on CUDA out-of-memory."""
-        return retry_on_oom(fn, self.batch_size, log.warning)
+    def oom_safe(self, fn, batch_size: int | None = None):
+        """``fn(batch_size)`` (``self.batch_size`` by default), halving the batch size on out-of-memory."""
+        return retry_on_oom(fn, batch_size or self.batch_size, log.warning)
 
     # -- step 2 -----------------------------------------------------------
     def unsteered_scores(self, items: list[MCItem], split: str) -> torch.Tensor:

@@ -44,6 +44,7 @@ from eas.data.schema import DataError, Prompt
 from eas.experiments.base import Config as BaseConfig
 from eas.experiments.base import Experiment, cell_name
 from eas.methods import base as methods
+from eas.resources import generation_batch_size
 from eas.scorers import base as scorers
 
 log = logging.getLogger("eas")
@@ -152,9 +153,10 @@ class Generate(Experiment):
         self.vec_ids = {L: methods.vector_id({L: v}) for L, v in vecs.items()}
         cells = [(UNSTEERED, -1, 0.0)] + [(cell_name(L, s), L, s) for L in self.layers
                                           for s in self.strengths if s != 0]
-        texts, token_counts = self.generations(cells, vecs)
-        columns, failed = self.scores(cells, texts)
-        return self.write(cells, vecs, texts, token_counts, columns, failed)
+        texts, ids = self.generations(cells, vecs)
+        columns, failed = self.scores(cells, texts, ids)
+        counts = {k: [len(t) for t in rows] for k, rows in ids.items()}
+        return self.write(cells, vecs, texts, counts, columns, failed)
 
     def data_identity(self) -> dict[str, str]:
         return {**super().data_identity(), "prompts_fingerprint": self.prompt_set.fingerprint(),
@@ -214,12 +216,12 @@ class Generate(Experiment):
                             and all(isinstance(i, int) for i in t) for t in toks))
         return check
 
-    def generations(self, cells, vecs) -> tuple[dict[tuple, list[str]], dict[tuple, list[int]]]:
-        """``{(condition, cell name, sample): [text per prompt]}`` and the token counts, from the
+    def generations(self, cells, vecs) -> tuple[dict[tuple, list[str]], dict[tuple, list[list[int]]]]:
+        """``{(condition, cell name, sample): [text per prompt]}`` and the new token ids, from the
         store or generated (every missing cell of a chunk in one engine call)."""
         x = self.x
         texts: dict[tuple, list[str]] = {}
-        counts: dict[tuple, list[int]] = {}
+        ids: dict[tuple, list[list[int]]] = {}
         plan = []
         for condition in x.conditions:
             for sample in range(int(x.samples)):
@@ -233,15 +235,17 @@ class Generate(Experiment):
                             todo.append(cell)
                         else:
                             texts.setdefault(k, [""] * len(self.prompts))
-                            counts.setdefault(k, [0] * len(self.prompts))
+                            ids.setdefault(k, [[] for _ in self.prompts])
                             for j, i in enumerate(idx):
-                                texts[k][i], counts[k][i] = rec["texts"][j], len(rec["tokens"][j])
+                                texts[k][i], ids[k][i] = rec["texts"][j], rec["tokens"][j]
                     if todo:
                         plan.append((condition, sample, idx, todo))
         n_todo = sum(len(idx) * len(todo) for *_, idx, todo in plan)
         n_all = len(x.conditions) * int(x.samples) * len(self.prompts) * len(cells)
         log.info("generations: %d from the store, %d to generate", n_all - n_todo, n_todo)
         tok = self.lm.tokenizer
+        longest = max((len(r) for rows in self.rows_by_condition.values() for r in rows), default=1)
+        rows_per_batch = self.cfg.batch_size or generation_batch_size(self.lm.model, longest + int(x.max_new_tokens))
         with self.bar(n_todo, f"generate ({n_todo} rows x {x.max_new_tokens} tokens)") as bar:
             for condition, sample, idx, todo in plan:
                 rows = [self.rows_by_condition[condition][i] for i in idx]
@@ -249,26 +253,28 @@ class Generate(Experiment):
                 sampling = self.sampling(sample)
                 got = self.oom_safe(lambda bs, rows=rows, gcells=gcells, sampling=sampling: gen.generate(
                     self.lm.model, self.lm.sites, rows, self.site, gcells, sampling,
-                    steer_on=x.steer_on, steer_from=x.steer_from, eos=self.eos, batch_size=bs, pad=self.pad))
+                    steer_on=x.steer_on, steer_from=x.steer_from, eos=self.eos, batch_size=bs, pad=self.pad), rows_per_batch)
                 for cell, out in zip(todo, got):
                     said = [tok.decode(ids, skip_special_tokens=True).strip() for ids in out]
                     self.store.put_json("generations", self.gen_key(condition, cell, sample, idx),
                                         {"tokens": [list(map(int, t)) for t in out], "texts": said})
                     k = (condition, cell[0], sample)
                     texts.setdefault(k, [""] * len(self.prompts))
-                    counts.setdefault(k, [0] * len(self.prompts))
+                    ids.setdefault(k, [[] for _ in self.prompts])
                     for j, i in enumerate(idx):
-                        texts[k][i], counts[k][i] = said[j], len(out[j])
+                        texts[k][i], ids[k][i] = said[j], list(map(int, out[j]))
                 bar.update(len(idx) * len(todo))
-        return texts, counts
+        return texts, ids
 
     # -- step 4: scores ---------------------------------------------------------------------
     def scorer_context(self) -> scorers.Context:
         return scorers.Context(self.lm.model, self.lm.tokenizer, self.pad, self.batch_size,
                                self.cfg.prompt.format, str(self.store.root))
 
-    def scores(self, cells, texts) -> tuple[dict[str, dict[tuple, list[float]]], dict[str, str]]:
-        """``{column: {(condition, cell, sample): [value per prompt]}}`` and the scorers that failed."""
+    def scores(self, cells, texts, ids) -> tuple[dict[str, dict[tuple, list[float]]], dict[str, str]]:
+        """``{column: {(condition, cell, sample): [value per prompt]}}`` and the scorers that failed.
+
+        ``texts`` and ``ids`` are ``generations``' (read or made in this run, kept in memory)."""
         x = self.x
         ctx = self.scorer_context()
         columns: dict[str, dict[tuple, list[float]]] = {}
@@ -297,12 +303,9 @@ class Generate(Experiment):
                                 sk = store.key("score", version, gk)
                                 rec = self.store.get_json("scores", sk, _fits_columns(len(idx)))
                                 if rec is None:
-                                    g = self.store.get_json("generations", gk, self.fits(len(idx)))
-                                    if g is None:  # texts were just made or read; the record is gone
-                                        raise store.StoreError(f"generation record {gk} vanished from {self.store.root}")
                                     rows = self.rows_by_condition[condition]
-                                    samples = [scorers.Sample(self.prompts[i].text, g["texts"][j], list(rows[i]),
-                                                              g["tokens"][j]) for j, i in enumerate(idx)]
+                                    samples = [scorers.Sample(self.prompts[i].text, texts[k][i], list(rows[i]),
+                                                              ids[k][i]) for i in idx]
                                     rec = {"columns": fn(samples)}
                                     self.store.put_json("scores", sk, rec)
                                     n_done += 1

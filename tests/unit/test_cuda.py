@@ -84,3 +84,12 @@ def test_retry_on_oom_recovers_from_a_real_cuda_oom():
         return bs
 
     assert resources.retry_on_oom(fn, 16) == 4
+
+
+def test_generation_batch_size_follows_the_row_length(llama):
+    # on CPU: as many rows as fit the token budget, at least 1, at most max_rows
+    model, _ = llama
+    assert resources.generation_batch_size(model, 100, token_budget=1000) == 10
+    assert resources.generation_batch_size(model, 101, token_budget=1000) == 9
+    assert resources.generation_batch_size(model, 5000, token_budget=1000) == 1
+    assert resources.generation_batch_size(model, 1, token_budget=10**6, max_rows=64) == 64
