@@ -7,8 +7,9 @@ input). A ``Patch`` writes at one ``(layer, site)`` and a set of target position
 - ``replace``: the site's vector becomes the source's at the aligned source position;
 - ``direction``: only its component along a unit direction ``u`` becomes the source's,
   ``h + ((s - h) . u) u`` (the interchange intervention of a 1-D subspace);
-- ``mean``: the vector becomes a given value (``[d_model]``, or ``[pos, d_model]`` per source position);
-- ``zero``: the vector becomes 0.
+- ``mean``: the vector becomes a given value (``[d_model]``, or ``[pos, d_model]`` per target position);
+- ``zero``: the vector becomes 0;
+- ``add``: ``value`` is added (additive steering, ``strength x vector``, compared on the same rows).
 
 Positions are 0-based indices of the target's tokens; ``align`` maps each to a source
 position (``index``: the same index, equal lengths only; ``end``: counted from the end,
@@ -37,7 +38,7 @@ from eas.core.engine import _cache_name, _fork
 from eas.core.intervene import _hidden, _replace_hidden, hook
 from eas.core.sites import SiteMap
 
-MODES = ("replace", "direction", "mean", "zero")
+MODES = ("replace", "direction", "mean", "zero", "add")
 ALIGN_RULES = ("index", "end")
 
 
@@ -55,7 +56,7 @@ class Value:
 
     mode: str = "replace"
     direction: Tensor | None = None  # [d_model], for mode="direction" (normalised here)
-    value: Tensor | None = None  # [d_model] or [source pos, d_model], for mode="mean"
+    value: Tensor | None = None  # [d_model] or [target pos, d_model], for modes "mean" and "add"
 
     @property
     def needs_source(self) -> bool:
@@ -180,13 +181,13 @@ def _check(model, sites: SiteMap, site: str, target: Sequence[int], patches: Seq
             raise ValueError(f"mode='direction' needs a direction of width {d} (the hidden size), got {shape}")
         if not torch.isfinite(value.direction).all() or float(value.direction.norm()) == 0:
             raise ValueError("the patch direction is zero or not finite")
-    if value.mode == "mean":
+    if value.mode in ("mean", "add"):
         v = value.value
         if v is None or v.shape[-1] != d or v.dim() not in (1, 2):
-            raise ValueError(f"mode='mean' needs a value [d_model] or [pos, d_model] with d_model={d}, "
+            raise ValueError(f"mode={value.mode!r} needs a value [d_model] or [pos, d_model] with d_model={d}, "
                              f"got {None if v is None else tuple(v.shape)}")
         if v.dim() == 2 and v.shape[0] != len(target):
-            raise ValueError(f"mode='mean' per-position value has {v.shape[0]} positions; the target has "
+            raise ValueError(f"mode={value.mode!r} per-position value has {v.shape[0]} positions; the target has "
                              f"{len(target)} tokens")
     n = len(target)
     if n == 0:
@@ -203,6 +204,23 @@ def _check(model, sites: SiteMap, site: str, target: Sequence[int], patches: Seq
                                  f"{n_source} tokens); patch positions the alignment covers")
 
 
+def _values(model, sites: SiteMap, site: str, target: Sequence[int], patches: Sequence[Patch],
+            value: Value | Sequence[Value], source: Sequence[int] | None, align_rule) -> tuple[list[Value], dict | None]:
+    """One ``Value`` per patch, each checked, and the target -> source map (None: no value reads the source)."""
+    values = [value] * len(patches) if isinstance(value, Value) else list(value)
+    if len(values) != len(patches):
+        raise ValueError(f"{len(values)} values for {len(patches)} patches: give one, or one per patch")
+    reader = next((v for v in values if v.needs_source), None)
+    if reader is not None and source is None:
+        raise ValueError(f"mode={reader.mode!r} needs the source input")
+    amap = align(len(target), len(source), align_rule) if reader is not None else None
+    for v in {id(v): v for v in values}.values():
+        mine = [p for p, w in zip(patches, values) if w is v]
+        _check(model, sites, site, target, mine, v, amap if v.needs_source else None,
+               None if source is None else len(source))
+    return values, amap
+
+
 def _written(value: Value, h: Tensor, src: Tensor | None, t_pos: Tensor) -> Tensor:
     """The new vectors ``[k, d]`` for site vectors ``h [k, d]``; ``src [k, d]`` the source's at the aligned
     positions; ``t_pos [k]`` the target positions (for a per-position mean)."""
@@ -213,9 +231,10 @@ def _written(value: Value, h: Tensor, src: Tensor | None, t_pos: Tensor) -> Tens
         u = u / u.norm()
         hf = h.float()
         return (hf + ((src.float() - hf) @ u)[:, None] * u).to(h.dtype)
-    if value.mode == "mean":
+    if value.mode in ("mean", "add"):
         v = value.value.to(device=h.device, dtype=h.dtype)
-        return v.expand_as(h) if v.dim() == 1 else v[t_pos]
+        v = v.expand_as(h) if v.dim() == 1 else v[t_pos]
+        return h + v if value.mode == "add" else v
     return torch.zeros_like(h)
 
 
@@ -255,7 +274,7 @@ def patch(
     patches: Sequence[Patch],
     readout: Readout,
     source: Sequence[int] | None = None,
-    value: Value = Value(),
+    value: Value | Sequence[Value] = Value(),
     align_rule: str | dict[int, int] = "index",
     rows_per_pass: int = 48,
     positions_per_pass: int = 8,
@@ -268,7 +287,7 @@ def patch(
         patches: where to write (layers of ``site``, target positions).
         readout: metrics of the last position's logits; its ``kl`` is taken to the unpatched run.
         source: the source input's token ids (modes ``replace`` and ``direction``).
-        value: what is written (module docstring).
+        value: what is written (module docstring): one for every patch, or one per patch.
         align_rule: target -> source positions (``align``).
         rows_per_pass: patches run as rows of one forward.
         positions_per_pass: width of a tile's start-position block (larger: fewer forwards, more
@@ -279,11 +298,8 @@ def patch(
             position with no aligned source position, a direction or value of the wrong width.
     """
     device = next(model.parameters()).device
-    needs = value.needs_source
-    if needs and source is None:
-        raise ValueError(f"mode={value.mode!r} needs the source input")
-    amap = align(len(target), len(source), align_rule) if needs else None
-    _check(model, sites, site, target, patches, value, amap, None if source is None else len(source))
+    values, amap = _values(model, sites, site, target, patches, value, source, align_rule)
+    needs = amap is not None
     n = len(target)
     layers = sorted({p.layer for p in patches})
     src_acts = site_activations(model, sites, source, layers, site) if needs else {}
@@ -324,23 +340,21 @@ def patch(
         pos = torch.arange(p0, n, device=device)[None].expand(r, -1)
 
         # per layer of the tile: which rows write which (relative) positions, and what
-        writes: dict[int, tuple[Tensor, Tensor, Tensor | None, Tensor]] = {}
-        for layer in sorted({p.layer for p in tp}):
-            rows, t_pos = [], []
-            for j, p in enumerate(tp):
-                if p.layer == layer:
-                    rows += [j] * len(p.positions)
-                    t_pos += list(p.positions)
+        groups: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
+        for j, i in enumerate(tile):
+            rows, t_pos = groups.setdefault((patches[i].layer, id(values[i])), ([], []))
+            rows += [j] * len(patches[i].positions)
+            t_pos += list(patches[i].positions)
+        by_id = {id(v): v for v in values}
+        writes = []
+        for (layer, vid), (rows, t_pos) in groups.items():
             t = torch.tensor(t_pos, device=device)
             src = None
-            if needs:
-                s_idx = torch.tensor([amap[q] for q in t_pos], device=device)
-                src = src_acts[layer][s_idx]
-            writes[layer] = (torch.tensor(rows, device=device), t - p0, src, t)
+            if by_id[vid].needs_source:
+                src = src_acts[layer][torch.tensor([amap[q] for q in t_pos], device=device)]
+            writes.append((layer, by_id[vid], torch.tensor(rows, device=device), t - p0, src, t))
 
-        def writer(layer):
-            rows, rel, src, t = writes[layer]
-
+        def writer(value, rows, rel, src, t):
             def fn(h: Tensor) -> Tensor:
                 h = h.clone()
                 h[rows, rel] = _written(value, h[rows, rel], src, t)
@@ -351,8 +365,8 @@ def patch(
             if low > 0:
                 stub_h = _hidden(block_out[low - 1])[:, p0:].expand(r, -1, -1)
                 stack.enter_context(_stubbed(blocks, low, stub_h, block_out[low - 1]))
-            for layer in writes:
-                stack.enter_context(hook(sites, layer, site, writer(layer)))
+            for layer, *write in writes:
+                stack.enter_context(hook(sites, layer, site, writer(*write)))
             logits = model(input_ids=ids, position_ids=pos, use_cache=p0 > 0, logits_to_keep=1, **kwargs).logits[:, -1]
         got = readout(logits)
         for k, v in got.items():
@@ -363,22 +377,21 @@ def patch(
 
 @torch.inference_mode()
 def patch_naive(model, sites: SiteMap, site: str, target: Sequence[int], patches: Sequence[Patch], readout: Readout,
-                source: Sequence[int] | None = None, value: Value = Value(),
+                source: Sequence[int] | None = None, value: Value | Sequence[Value] = Value(),
                 align_rule: str | dict[int, int] = "index") -> dict[str, Tensor]:
     """``patch`` the plain way: one full forward of the target per patch (the reference and the baseline)."""
     device = next(model.parameters()).device
-    needs = value.needs_source
-    amap = align(len(target), len(source), align_rule) if needs else None
-    _check(model, sites, site, target, patches, value, amap, None if source is None else len(source))
-    src_acts = site_activations(model, sites, source, sorted({p.layer for p in patches}), site) if needs else {}
+    values, amap = _values(model, sites, site, target, patches, value, source, align_rule)
+    src_acts = site_activations(model, sites, source, sorted({p.layer for p in patches}), site) if amap else {}
     base = model(input_ids=_ids(target, device)).logits[0, -1]
     readout = readout.with_base(base)
     rows: list[dict[str, Tensor]] = []
-    for p in patches:
+    for p, value in zip(patches, values):
         t = torch.tensor(p.positions, device=device)
-        src = src_acts[p.layer][torch.tensor([amap[q] for q in p.positions], device=device)] if needs else None
+        src = src_acts[p.layer][torch.tensor([amap[q] for q in p.positions], device=device)] \
+            if value.needs_source else None
 
-        def fn(h: Tensor, t=t, src=src) -> Tensor:
+        def fn(h: Tensor, t=t, src=src, value=value) -> Tensor:
             h = h.clone()
             h[0, t] = _written(value, h[0, t], src, t)
             return h

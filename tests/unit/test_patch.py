@@ -136,3 +136,23 @@ def test_bad_input_names_what_to_fix(llama):
         P.patch(model, sites, "residual", target, [P.Patch(0, (1,))], READ)
     with pytest.raises(ValueError, match="good=0, bad=0"):
         P.Readout([[1], [2]], 0, 0)
+
+
+def test_one_value_per_patch_equals_separate_calls(llama):
+    model, sites = llama
+    target, source = _pair(11, 11, seed=8)
+    g = torch.Generator().manual_seed(2)
+    u, v = torch.randn(64, generator=g), torch.randn(64, generator=g)
+    span = tuple(range(3, 11))
+    plan = [(P.Patch(1, span), P.Value("direction", u)), (P.Patch(1, span), P.Value("add", value=2.0 * v)),
+            (P.Patch(2, (5,)), P.Value()), (P.Patch(0, span), P.Value("add", value=-v))]
+    together = P.patch(model, sites, "residual", target, [p for p, _ in plan], READ, source, [w for _, w in plan],
+                       rows_per_pass=3)
+    for j, (p, w) in enumerate(plan):
+        alone = P.patch_naive(model, sites, "residual", target, [p], READ, source, w)
+        assert float(together["logit_diff"][j]) == pytest.approx(float(alone["logit_diff"][0]), abs=2e-5)
+    # additive steering through the patch core equals eas's steering hook on the same positions
+    from eas.core.intervene import steer
+    with torch.no_grad(), steer(sites, 1, "residual", v, 2.0, position=3):
+        logits = model(input_ids=torch.tensor([target])).logits[0, -1]
+    assert float(together["logit_diff"][1]) == pytest.approx(float(READ(logits[None])["logit_diff"][0]), abs=2e-5)
