@@ -33,6 +33,7 @@ from eas import store
 from eas.config import ConfigError, choice
 from eas.core import patch as P
 from eas.core import stats
+from eas.core.similarity import bootstrap_texts
 from eas.core.score import score_mc
 from eas.data.schema import DataError, MCItem
 from eas.experiments.base import Config as BaseConfig
@@ -187,6 +188,23 @@ def interval(values: np.ndarray, n_boot: int, seed: int, alpha: float) -> tuple[
         return float(v[0]), float(v[0]), float(v[0]), len(v)
     ci = stats.bootstrap_ci(v, n_resamples=n_boot, ci=1 - alpha, seed=seed)
     return float(ci.point), float(ci.low), float(ci.high), len(v)
+
+
+def recovered(g: pd.DataFrame, n_boot: int, seed: int, alpha: float) -> tuple[float, float, float]:
+    """The fraction of the clean - corrupted gap the patches of ``g`` (one row per pair) recover, a ratio
+    of means, with its bootstrap interval over pairs (NaN where the mean gap is 0 or < 2 pairs)."""
+    moved = (g.logit_diff - g.target_logit_diff).to_numpy(float)
+    gap = (g.source_logit_diff - g.target_logit_diff).to_numpy(float)
+
+    def ratio(ix, _iy) -> float:
+        d = gap[ix].mean()
+        return float(moved[ix].mean() / d) if abs(d) > 1e-9 else float("nan")
+
+    point = ratio(np.arange(len(g)), None)
+    if len(g) < 2 or not np.isfinite(point):
+        return point, float("nan"), float("nan")
+    ci = bootstrap_texts(ratio, len(g), n_boot, seed, alpha)
+    return point, float(ci.low), float(ci.high)
 
 
 def rate(flags: np.ndarray, alpha: float) -> tuple[float, float, float, int]:

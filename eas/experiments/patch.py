@@ -11,7 +11,9 @@
    positions as well; optionally attribution patching (``experiment.attribution``) over the same
    (layer, position) grid, with its agreement with exact patching;
 4. per layer: the effect (the fraction of the clean - corrupted logit difference a patch
-   recovers, ``eas.core.patch.normalised``) with a bootstrap interval over pairs, the change
+   recovers, as a ratio of means over pairs: ``mean(patched - corrupted) / mean(clean -
+   corrupted)``, stable where single pairs have a tiny gap; per pair it is in ``patches.parquet``)
+   with a bootstrap interval over pairs, the change
    rate (pairs whose answer moves from the corrupted run's) with its Wilson interval, the mean KL
    to the unpatched run; the strongest layer (the earliest within 1% of the largest mean effect)
    and the verdict at it: the change rate's interval
@@ -137,13 +139,14 @@ class Patching(CausalExperiment):
     def per_layer(self, df: pd.DataFrame) -> pd.DataFrame:
         x = self.x
         whole = df[df.patch_position == "span"]
-        eff = causal.summarise(whole, ["layer"], "effect", int(x.n_bootstrap), self.seed, float(x.alpha))
         rows = []
         for L, g in whole.groupby("layer", sort=True):
-            c, lo, hi, n = causal.rate(g.changed.to_numpy(), float(x.alpha))
-            rows.append({"layer": L, "change_rate": c, "change_low": lo, "change_high": hi,
-                         "to_source_rate": float(g.to_source.mean()), "kl": float(g.kl.mean()), "pairs": n})
-        return eff.rename(columns={"n": "n_effect"}).merge(pd.DataFrame(rows), on="layer")
+            m, lo, hi = causal.recovered(g, int(x.n_bootstrap), self.seed, float(x.alpha))
+            c, c_lo, c_hi, n = causal.rate(g.changed.to_numpy(), float(x.alpha))
+            rows.append({"layer": L, "effect": m, "effect_low": lo, "effect_high": hi, "change_rate": c,
+                         "change_low": c_lo, "change_high": c_hi, "to_source_rate": float(g.to_source.mean()),
+                         "kl": float(g.kl.mean()), "pairs": n})
+        return pd.DataFrame(rows)
 
     def write(self, df: pd.DataFrame, attr: pd.DataFrame, layers: list[int], pairs: list) -> dict[str, Any]:
         x = self.x
@@ -178,7 +181,7 @@ class Patching(CausalExperiment):
                                                            float(x.threshold))}
         summary = {**meta, "n_pairs": len(pairs), "informative_pairs": informative, "layers": layers,
                    "strongest_layer": None if best is None else {
-                       k: (int(v) if k in ("layer", "pairs", "n_effect") else float(v)) for k, v in best.items()},
+                       k: (int(v) if k in ("layer", "pairs") else float(v)) for k, v in best.items()},
                    "verdict": verdict, "attribution": agreement}
         if verdict is not None:
             store.write_json(self.out / "verdict.json", verdict)
