@@ -49,6 +49,7 @@ from eas.scorers import base as scorers
 
 log = logging.getLogger("eas")
 STEER_ON = ("all", "prompt", "generated")
+ENGINES = ("eas", "vllm")
 CONDITIONS = ("none", "instruction")
 UNSTEERED = "unsteered"
 
@@ -81,11 +82,20 @@ class Config(BaseConfig):
     alpha: float = MISSING  # significance level of the elbow and the category comparison
     prompts_per_chunk: int = MISSING  # prompts generated between two writes to the store
     sample_sheet_prompts: int = MISSING  # prompts shown in sample_sheet.md
+    engine: str = "eas"  # eas (the built-in batched engine) | vllm (eas.backends.vllm, its own environment)
 
 
 def validate(cfg: DictConfig) -> None:
     x = cfg.experiment
     choice("experiment.steer_on", x.steer_on, STEER_ON)
+    choice("experiment.engine", x.engine, ENGINES)
+    if x.engine == "vllm":
+        if cfg.steer_target.site != "residual":
+            raise ConfigError(f"experiment.engine=vllm steers steer_target=residual only, got "
+                              f"{cfg.steer_target.site!r}; use experiment.engine=eas for other sites")
+        if cfg.model.source not in ("embedded", "local", "hub"):
+            raise ConfigError(f"experiment.engine=vllm loads a checkpoint folder; model.source={cfg.model.source} "
+                              f"has none: use an embedded, local or hub model, or experiment.engine=eas")
     for c in x.conditions:
         choice("experiment.conditions", c, CONDITIONS)
     if not x.conditions:
@@ -197,8 +207,10 @@ class Generate(Experiment):
         steer = [] if layer < 0 else [self.site, layer, float(strength), self.vec_ids[layer], x.steer_on,
                                       x.steer_from]
         sampling = [int(x.max_new_tokens), float(x.temperature), float(x.top_p), self.sampling(sample).seed]
+        # vLLM's kernels and sampler are not eas's: its texts are records of their own
+        engine = [] if x.engine == "eas" else ["engine", x.engine]
         return store.key("generation", self.lm.fingerprint, [(self.prompts[i].id, rows[i]) for i in idx],
-                         steer, sampling, self.eos)
+                         steer, sampling, self.eos, *engine)
 
     @property
     def eos(self) -> list[int]:
@@ -251,9 +263,12 @@ class Generate(Experiment):
                 rows = [self.rows_by_condition[condition][i] for i in idx]
                 gcells = [gen.GenCell() if L < 0 else gen.GenCell(L, s, vecs[L]) for _, L, s in todo]
                 sampling = self.sampling(sample)
-                got = self.oom_safe(lambda bs, rows=rows, gcells=gcells, sampling=sampling: gen.generate(
-                    self.lm.model, self.lm.sites, rows, self.site, gcells, sampling,
-                    steer_on=x.steer_on, steer_from=x.steer_from, eos=self.eos, batch_size=bs, pad=self.pad), rows_per_batch)
+                if x.engine == "vllm":
+                    got = self.vllm_generate(rows, gcells, sampling)
+                else:
+                    got = self.oom_safe(lambda bs, rows=rows, gcells=gcells, sampling=sampling: gen.generate(
+                        self.lm.model, self.lm.sites, rows, self.site, gcells, sampling, steer_on=x.steer_on,
+                        steer_from=x.steer_from, eos=self.eos, batch_size=bs, pad=self.pad), rows_per_batch)
                 for cell, out in zip(todo, got):
                     said = [tok.decode(ids, skip_special_tokens=True).strip() for ids in out]
                     self.store.put_json("generations", self.gen_key(condition, cell, sample, idx),
@@ -265,6 +280,17 @@ class Generate(Experiment):
                         texts[k][i], ids[k][i] = said[j], list(map(int, out[j]))
                 bar.update(len(idx) * len(todo))
         return texts, ids
+
+    def vllm_generate(self, rows, gcells, sampling) -> list[list[list[int]]]:
+        """The rows on vLLM (``experiment.engine=vllm``): the same checkpoint, eager float32, no prefix cache."""
+        from eas.backends import vllm as vllm_backend
+        from eas.models import embedded_cache
+
+        m = self.cfg.model
+        folder = embedded_cache(m.id) if m.source == "embedded" else str(m.id)
+        engine = vllm_backend.load(folder, seed=self.seed)
+        return vllm_backend.generate(engine, rows, self.site, gcells, sampling, steer_on=self.x.steer_on,
+                                     steer_from=self.x.steer_from, eos=self.eos, pad=self.pad)
 
     # -- step 4: scores ---------------------------------------------------------------------
     def scorer_context(self) -> scorers.Context:

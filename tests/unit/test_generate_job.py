@@ -173,6 +173,12 @@ def test_bad_input_fails_before_generating(tmp_path):
         _cfg("experiment.conditions=[none,instruction]", "experiment.instruction=''")
     with pytest.raises(ConfigError, match="experiment.success.column='judge' is not a column.*length_tokens"):
         _cfg("experiment.success.column=judge")
+    with pytest.raises(ConfigError, match="experiment.engine='hf' is not allowed"):
+        _cfg("experiment.engine=hf")
+    with pytest.raises(ConfigError, match="experiment.engine=vllm steers steer_target=residual only"):
+        _cfg("experiment.engine=vllm", "steer_target=mlp")
+    with pytest.raises(ConfigError, match="model.source=random has none"):
+        _cfg("experiment.engine=vllm")
     cfg = _cfg("experiment.max_new_tokens=1020")
     with pytest.raises(DataError, match="max_new_tokens=1020.*context is 1024"):
         generate_job.run(cfg, tmp_path / "run2")
