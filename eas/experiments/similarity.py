@@ -24,11 +24,29 @@
    - optionally (``experiment.vector_path``: vectors of the first model, a file or a run dir) each
      vector carried through the fitted map of its layer's best pair into every later model
      (``LinearMap.apply_direction``), written as ``vectors/transfer_*.safetensors`` that
-     ``method.vector_path`` of a job on that model reads.
+     ``method.vector_path`` of a job on that model reads;
+   - with ``experiment.transfer=true``, each such vector is also used on the target. The source
+     vectors are ``experiment.vector_path``'s, else the job's ``method`` on the job's benchmark at
+     the job's ``layer`` list, made on the first model exactly as ``Experiment.vectors`` makes them
+     (extracted from the train split, ``method.vector_path``, or the store). The mapped vector is
+     rescaled (the rule): ``v_b = m / |m| * |v| * mean|h_b| / mean|h_a|``, with ``m`` the mapped
+     direction and ``mean|h|`` the mean norm of the captured activations of the source and target
+     layer over the text set: the vector keeps its size relative to its layer's activations. On the
+     target the benchmark's val split is scored unsteered and steered with ``v_b`` at every
+     ``strength`` (the fast engine, ``eas.core.engine.sweep_mc``), the strength of best val accuracy
+     (``eas.core.select.best_cell``) is scored on test, and the gain over unsteered test gets the
+     exact McNemar test and a paired bootstrap interval. Verdict against ``experiment.min_gain``
+     (0.02): PASS when the gain is >= min_gain and McNemar's p <= ``experiment.alpha``, FAIL when the
+     interval's high end is below min_gain, else INCONCLUSIVE. The control is the same protocol with
+     a seeded Gaussian direction of ``v_b``'s norm (its own strength picked on val), and the mapped
+     vector is tested against it on test (McNemar, ``vs_control_p``).
 
-Each CKA matrix and each scored layer pair is a content-addressed store record. Writes
+Each CKA matrix, each scored layer pair and each transfer cell (keyed by the target's fingerprint and
+``base_key``, the split's items, the site, layer, strength and the vector's digest) is a
+content-addressed store record. Writes
 ``results.parquet`` (CKA per model pair and layer pair), ``projection.parquet``,
-``transfer.parquet`` (with ``experiment.vector_path``), ``figures/``, ``summary.json`` and
+``transfer.parquet`` (with ``experiment.vector_path`` or ``experiment.transfer``; with the latter,
+also ``transfer_cells.parquet``: every scored cell of the target), ``figures/``, ``summary.json`` and
 ``manifest.json``.
 """
 
@@ -47,13 +65,15 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from eas import config, models, store
 from eas.config import MODEL_SOURCES, POSITIONS, ConfigError, choice
+from eas.core import engine, stats, tokens
+from eas.core import score as score_mod
 from eas.core import similarity as S
-from eas.core import tokens
+from eas.core.select import best_cell
 from eas.core.sites import ModelError
 from eas.data.schema import DataError
 from eas.experiments.base import Config as BaseConfig
-from eas.experiments.base import Experiment
-from eas.methods.base import VectorError, check_width
+from eas.experiments.base import Experiment, Scored
+from eas.methods.base import VectorError, check_width, vector_id
 from eas.prompts import Prompter
 from eas.resources import auto_batch_size
 
@@ -81,6 +101,8 @@ class Config(BaseConfig):
     threshold: float = MISSING  # the projection correlation the verdict tests
     alpha: float = MISSING
     vector_path: str | None = None  # vectors of the first model carried into the others
+    transfer: bool = False  # score the carried vectors on each later model's benchmark (and a random control)
+    min_gain: float = 0.02  # the test-accuracy gain the transfer verdict tests
 
 
 def model_configs(cfg: DictConfig) -> list[DictConfig]:
@@ -172,6 +194,15 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"experiment.layers={list(x.layers)}: 0-based block indices, or null for every block")
     if x.vector_path and not Path(str(x.vector_path)).exists():
         raise ConfigError(f"experiment.vector_path={str(x.vector_path)!r}: no such file or folder")
+    if x.transfer:
+        if not 0 < x.min_gain < 1:
+            raise ConfigError(f"experiment.min_gain={x.min_gain}: an accuracy gain in (0, 1)")
+        if len(x.models) < 2:
+            raise ConfigError("experiment.transfer=true: needs two or more experiment.models (a source and a target)")
+        job_layers = config.as_number_list("layer", cfg.layer, int)
+        if not x.vector_path and x.layers is not None and not set(job_layers) <= {int(v) for v in x.layers}:
+            raise ConfigError(f"experiment.transfer=true: layer={job_layers} (the source vectors' layers) must be "
+                              f"among experiment.layers={list(x.layers)}")
     for i, m in enumerate(model_configs(cfg)):
         n = known_depth(m)
         if n is not None and x.layers is not None and max(x.layers) >= n:
@@ -241,9 +272,22 @@ class Similarity(Experiment):
         self.train, self.test = np.sort(order[:n_train]), np.sort(order[n_train:])
         labels = self.labels()
         self.vectors_a: list[tuple[str, int, torch.Tensor]] | None = None
+        self.job_layers = list(self.layers)  # the job's `layer` list: the source vectors' layers
+        self.transfer_cells: list[dict[str, Any]] = []
+        if x.transfer:
+            from eas.data import split_items
+
+            self.splits = split_items(list(self.bench.items), cfg.n_train_proportion, cfg.n_val_proportion,
+                                      cfg.n_test_proportion, seed=cfg.seed, max_sample_size=cfg.max_sample_size,
+                                      rule=cfg.split_rule)
+            for split in ("val", "test"):
+                if len(self.splits[split]) < 2:
+                    raise DataError(f"experiment.transfer=true: the {split} split of benchmark {self.bench.name} has "
+                                    f"{len(self.splits[split])} items; need >= 2 (a larger benchmark or proportion)")
         caps = []
         for i, (m, label) in enumerate(zip(self.model_cfgs, labels)):
             caps.append(self.capture_model(m, label, first=i == 0))
+            self.loaded = i
         pairs = [(i, j) for i in range(len(caps)) for j in range(i + 1, len(caps))] or [(0, 0)]
         results, projections, transfers, fig_pairs = [], [], [], []
         for i, j in pairs:
@@ -254,7 +298,7 @@ class Similarity(Experiment):
             proj = self.projections(a, b, cka)
             projections.append(proj)
             if i == 0 and self.vectors_a is not None and i != j:
-                transfers += self.transfer(a, b, cka)
+                transfers += self.transfer(a, b, cka, j)
             fig_pairs.append({"a": a.label, "b": b.label, "layers_a": a.layers, "layers_b": b.layers, "cka": cka,
                               "projection": proj, "debiased": bool(x.debiased)})
         return self.write(caps, pd.DataFrame(results), projections, transfers, fig_pairs)
@@ -291,6 +335,9 @@ class Similarity(Experiment):
         d = int(self.lm.model.config.hidden_size)
         if first:
             self.vectors_a = self.read_transfer_vectors(label, d, layers) if x.vector_path else None
+            if x.transfer and not x.vector_path:
+                for L in self.job_layers:
+                    sites.check_layer(L)
         log.info("model %s (%s, %d blocks, width %d) loaded in %.1fs", label, sites.family, n, d, self.lm.load_seconds)
         self.prompter = Prompter(self.lm.tokenizer, "plain", None, self.cfg.prompt.instruction)
         self.pad = tokens.pad_id(self.lm.tokenizer)
@@ -301,7 +348,141 @@ class Similarity(Experiment):
         if not np.isfinite(stacked).all():
             raise ModelError(f"model {label}: its activations hold NaN or infinite values in model.dtype="
                              f"{mcfg.dtype}; try dtype float32")
+        if first and x.transfer and not x.vector_path:
+            self.vectors_a = self.source_vectors(label)
         return Captured(label, str(mcfg.name), self.lm.fingerprint, n, d, layers, stacked)
+
+    # -- transfer: scoring on a model's benchmark ------------------------------
+    def scoring_setup(self) -> None:
+        """The loaded model's scoring prompter, letter head and ``base_key``, as ``Experiment.load``
+        makes them (so its unsteered records are a steer job's on that model)."""
+        cfg, p = self.cfg, self.cfg.prompt
+        self.prompter = Prompter(self.lm.tokenizer, p.format, p.system, p.instruction)
+        n_letters = max(len(it.options) for it in self.bench.items)
+        self.letter_ids = score_mod.letter_token_ids(self.lm.tokenizer, n_letters, p.letters == "bare")
+        self.head = score_mod.LetterHead(self.lm.model, self.letter_ids)
+        self.base_key = [
+            self.lm.fingerprint, self.bench.fingerprint(),
+            [cfg.n_train_proportion, cfg.n_val_proportion, cfg.n_test_proportion, cfg.max_sample_size, cfg.seed],
+            OmegaConf.to_container(cfg.prompt, resolve=True),
+        ]
+        if cfg.split_rule != "eas":
+            self.base_key.append(["split_rule", cfg.split_rule])
+
+    def unsteered_on(self, splits: list[str]) -> dict[str, Scored]:
+        """``Experiment.unsteered`` for some splits only (the same store records)."""
+        out = {}
+        for split in splits:
+            items = self.splits[split]
+            k = store.key("unsteered", self.base_key, split)
+            rec = self.store.get_json("cells", k, Scored.fits(items, probs=True))
+            if rec is None:
+                scores = self.unsteered_scores(items, split)
+                rec = Scored([it.id for it in items], [it.label for it in items], scores.argmax(-1).tolist(),
+                             torch.softmax(scores, -1).tolist()).as_dict()
+                self.store.put_json("cells", k, rec)
+            out[split] = Scored(**rec)
+        return out
+
+    def source_vectors(self, label: str) -> list[tuple[str, int, torch.Tensor]]:
+        """The job's method's vectors at the job's layers on the loaded (first) model, as a steer job
+        on it makes them (``Experiment.vectors``: extracted from train, a file, or the store)."""
+        self.scoring_setup()
+        saved = self.position, self.layers
+        self.position, self.layers = str(self.cfg.method.position), list(self.job_layers)
+        try:
+            vecs = self.vectors(self.unsteered_on(["train"])["train"])
+        finally:
+            self.position, self.layers = saved
+        return [(f"{self.method}@{label}", L, v.float()) for L, v in sorted(vecs.items())]
+
+    def ensure_model(self, j: int) -> None:
+        if getattr(self, "loaded", None) != j:
+            self.lm = None
+            self.lm = models.load(self.model_cfgs[j], seed=self.seed)
+            self.pad = tokens.pad_id(self.lm.tokenizer)
+            self.batch_size = self.cfg.batch_size or auto_batch_size(self.lm.model)
+            self.loaded = j
+
+    def transfer_cell_key(self, layer: int, strength: float, split: str, digest: str) -> str:
+        ids = [it.id for it in self.splits[split]]
+        return store.key("transfer_cell", self.base_key, self.site, layer, float(strength), split, ids, digest)
+
+    def score_steered(self, todo: list[tuple[str, int, float, torch.Tensor]], split: str) -> dict[tuple[str, float], Scored]:
+        """``{(kind, strength): Scored}`` of steered cells on a split of the loaded model, through the
+        store; a cell with non-finite scores is left out (never stored)."""
+        items = self.splits[split]
+        fits, out, missing = Scored.fits(items), {}, []
+        for kind, L, s, v in todo:
+            rec = self.store.get_json("cells", self.transfer_cell_key(L, s, split, vector_id({0: v})), fits)
+            if rec is not None:
+                out[(kind, s)] = Scored(**rec)
+            else:
+                missing.append((kind, L, s, v))
+        if missing:
+            rows = self.mc_rows(items)
+            n_opts = [len(it.options) for it in items]
+            with self.bar(len(missing) * len(items), f"transfer {split} ({len(missing)} cells)") as bar:
+                scores = self.steered_scores(rows, n_opts, [engine.Cell(L, s, v) for _, L, s, v in missing],
+                                             lambda n: bar.update(n * len(missing)))
+            bad = score_mod.nonfinite_items(scores, n_opts)
+            for j, (kind, L, s, v) in enumerate(missing):
+                if bad[j].any():
+                    log.error("transfer cell %s L%d s%g on %s: non-finite scores; not stored", kind, L, s, split)
+                    continue
+                sc = Scored([it.id for it in items], [it.label for it in items], scores[j].argmax(-1).tolist())
+                self.store.put_json("cells", self.transfer_cell_key(L, s, split, vector_id({0: v})), sc.as_dict())
+                out[(kind, s)] = sc
+        return out
+
+    def gain(self, base: Scored, steered: Scored) -> dict[str, Any]:
+        """Test accuracy with and without, the gain, its paired bootstrap interval, exact McNemar, verdict."""
+        x = self.x
+        u, a = base.correct, steered.correct
+        ci = stats.bootstrap_ci(a.astype(float), paired_with=u.astype(float), n_resamples=int(x.n_bootstrap),
+                                ci=1 - float(x.alpha), seed=self.seed)
+        p = stats.mcnemar(u, a, exact=True).p_value
+        g = steered.accuracy - base.accuracy
+        low, high = (float(v) if np.isfinite(v) else None for v in (ci.low, ci.high))
+        return {"test_accuracy": steered.accuracy, "gain": g, "gain_low": low, "gain_high": high,
+                "mcnemar_p": float(p), "wrong_to_right": int((~u & a).sum()), "right_to_wrong": int((u & ~a).sum()),
+                "verdict": transfer_verdict(g, high, float(p), float(x.min_gain), float(x.alpha))}
+
+    def score_transfer(self, j: int, layer_b: int, vec: torch.Tensor, seed_parts: list[int]) -> dict[str, Any]:
+        """Unsteered, mapped-vector and random-control accuracy of target model ``j`` at ``layer_b``."""
+        self.ensure_model(j)
+        self.scoring_setup()
+        self.lm.sites.check_layer(layer_b)
+        control = random_control(vec, [self.seed, *seed_parts])
+        kinds = {"mapped": vec, "control": control}
+        base = self.unsteered_on(["val", "test"])
+        val = self.score_steered([(k, layer_b, s, v) for k, v in kinds.items() for s in self.strengths], "val")
+        out: dict[str, Any] = {"unsteered_val_accuracy": base["val"].accuracy,
+                               "unsteered_test_accuracy": base["test"].accuracy, "n_val": len(self.splits["val"]),
+                               "n_test": len(self.splits["test"]), "control_norm": float(control.norm())}
+        picked = {}
+        for k in kinds:
+            got = {(layer_b, s): val[(k, s)].accuracy for s in self.strengths if (k, s) in val}
+            for (_, s), acc in got.items():
+                self.transfer_cells.append({"vector": k, "layer_b": layer_b, "strength": s, "split": "val",
+                                            "accuracy": acc})
+            best = best_cell(got)
+            picked[k] = None if best is None else best[1]
+        test = self.score_steered([(k, layer_b, s, kinds[k]) for k, s in picked.items() if s is not None], "test")
+        for k, s in picked.items():
+            pre = "" if k == "mapped" else "control_"
+            block: dict[str, Any] = {"strength": s, "val_accuracy": None, "test_accuracy": None, "gain": None,
+                                     "gain_low": None, "gain_high": None, "mcnemar_p": None, "wrong_to_right": None,
+                                     "right_to_wrong": None, "verdict": "INCONCLUSIVE"}
+            if s is not None and (k, s) in test:
+                block.update(val_accuracy=val[(k, s)].accuracy, **self.gain(base["test"], test[(k, s)]))
+                self.transfer_cells.append({"vector": k, "layer_b": layer_b, "strength": s, "split": "test",
+                                            "accuracy": test[(k, s)].accuracy})
+            out.update({pre + m: v for m, v in block.items()})
+        pair = [test.get(("control", picked["control"])), test.get(("mapped", picked["mapped"]))]
+        out["vs_control_p"] = (float(stats.mcnemar(pair[0].correct, pair[1].correct, exact=True).p_value)
+                               if None not in pair else None)
+        return out
 
     def read_transfer_vectors(self, label: str, d_model: int, layers: list[int]) -> list[tuple[str, int, torch.Tensor]]:
         """``[(file, layer, [d_model])]`` of ``experiment.vector_path``, checked against the first model."""
@@ -403,8 +584,9 @@ class Similarity(Experiment):
                 "null_mean", "null_q95", "p_value", "verdict"]
         return pd.DataFrame(rows, columns=cols)
 
-    def transfer(self, a: Captured, b: Captured, cka: np.ndarray) -> list[dict[str, Any]]:
-        """Each vector of the first model through the map from its layer to b's layer of highest CKA."""
+    def transfer(self, a: Captured, b: Captured, cka: np.ndarray, j: int) -> list[dict[str, Any]]:
+        """Each vector of the first model through the map from its layer to b's layer of highest CKA
+        (with ``experiment.transfer``: rescaled by ``rescale`` and scored on b)."""
         rows = []
         for f, layer, v in self.vectors_a:
             p = a.layers.index(layer)
@@ -413,14 +595,32 @@ class Similarity(Experiment):
             q = int(np.nanargmax(cka[p]))
             proj = self.fitted(a.acts[p], b.acts[q])
             mapped = torch.as_tensor(proj.map.apply_direction(v.double().numpy()), dtype=torch.float32)
+            row = {"source_file": f, "model_a": a.label, "layer_a": layer, "model_b": b.label,
+                   "layer_b": b.layers[q], "cka": float(cka[p, q]), "projection_correlation": proj.correlation,
+                   "norm_a": float(v.norm()), "norm_b": float(mapped.norm())}
+            meta = {}
+            if self.x.transfer:
+                scaled, factor = rescale(mapped, v, a.acts[p], b.acts[q])
+                row.update(norm_mapped=float(mapped.norm()), norm_b=float(scaled.norm()), scale=factor,
+                           act_norm_a=mean_norm(a.acts[p]), act_norm_b=mean_norm(b.acts[q]))
+                meta = {"rescale": "source norm relative to mean activation norm", "unscaled_norm": f"{mapped.norm():g}"}
+                mapped = scaled
             target = self.out / "vectors" / f"transfer_{b.label}_{self.site}_L{b.layers[q]}_from_L{layer}.safetensors"
             store.write_tensors(target, {"vector": mapped}, {
                 "method": "transfer", "site": self.site, "read_site": self.site, "layer": str(b.layers[q]),
                 "position": self.position, "model": b.name, "model_fingerprint": b.fingerprint,
-                "source_model": a.name, "source_layer": str(layer), "source_file": f})
-            rows.append({"source_file": f, "model_a": a.label, "layer_a": layer, "model_b": b.label,
-                         "layer_b": b.layers[q], "cka": float(cka[p, q]), "projection_correlation": proj.correlation,
-                         "norm_a": float(v.norm()), "norm_b": float(mapped.norm()), "file": str(target)})
+                "source_model": a.name, "source_layer": str(layer), "source_file": f, **meta})
+            row["file"] = str(target)
+            if self.x.transfer:
+                start = len(self.transfer_cells)
+                if float(mapped.norm()) > 0:
+                    row.update(self.score_transfer(j, b.layers[q], mapped, [j, layer, b.layers[q]]))
+                else:
+                    log.warning("transfer L%d -> %s L%d: the map sends the vector to 0; not scored", layer, b.label,
+                                b.layers[q])
+                for c in self.transfer_cells[start:]:
+                    c.update(model_a=a.label, layer_a=layer, model_b=b.label)
+            rows.append(row)
         return rows
 
     # -- writing ------------------------------------------------------------
@@ -437,6 +637,8 @@ class Similarity(Experiment):
         store.write_parquet(self.out / "projection.parquet", proj.drop(columns=["ia", "ib"], errors="ignore").assign(**meta))
         if transfers:
             store.write_parquet(self.out / "transfer.parquet", pd.DataFrame(transfers).assign(**meta))
+        if self.transfer_cells:
+            store.write_parquet(self.out / "transfer_cells.parquet", pd.DataFrame(self.transfer_cells).assign(**meta))
         pair_blocks = []
         for fp in fig_pairs:
             cka, pj = np.asarray(fp["cka"], float), fp["projection"]
@@ -458,6 +660,15 @@ class Similarity(Experiment):
                                        "n_layers": c.n_layers, "d_model": c.d_model, "layers": c.layers} for c in caps],
                    "n_texts": len(self.texts), "n_train": len(self.train), "n_test": len(self.test),
                    "threshold": float(x.threshold), "pairs": pair_blocks, "transferred": len(transfers)}
+        if x.transfer:
+            keep = ["model_a", "layer_a", "model_b", "layer_b", "scale", "norm_b", "control_norm",
+                    "unsteered_val_accuracy", "unsteered_test_accuracy", "n_test", "vs_control_p"]
+            keep += [f"{pre}{m}" for pre in ("", "control_") for m in (
+                "strength", "val_accuracy", "test_accuracy", "gain", "gain_low", "gain_high", "mcnemar_p",
+                "wrong_to_right", "right_to_wrong", "verdict")]
+            summary["transfer"] = {"min_gain": float(x.min_gain), "alpha": float(x.alpha),
+                                   "rows": [{k: _finite(t.get(k)) for k in keep} for t in transfers],
+                                   "pass": sum(t.get("verdict") == "PASS" for t in transfers)}
         summary = self.finish(summary, headline(summary))
         manifest = store.read_json(self.out / "manifest.json")
         manifest["model_fingerprints"] = {c.label: c.fingerprint for c in caps}
@@ -470,6 +681,47 @@ class Similarity(Experiment):
 
 def _f(v: float) -> float | None:
     return float(v) if np.isfinite(v) else None
+
+
+def _finite(v: Any) -> Any:
+    """None for a NaN or infinite float (no non-finite number is stored); anything else as it is."""
+    if isinstance(v, (float, np.floating)):
+        return float(v) if np.isfinite(v) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+def mean_norm(acts: np.ndarray) -> float:
+    """The mean L2 norm of a layer's captured activations ``[text, d]``."""
+    return float(np.linalg.norm(acts, axis=-1).mean())
+
+
+def rescale(mapped: torch.Tensor, v: torch.Tensor, acts_a: np.ndarray, acts_b: np.ndarray) -> tuple[torch.Tensor, float]:
+    """The mapped vector at the norm the target's activations imply: ``|v| / mean|h_a| * mean|h_b|``
+    (the source vector's norm relative to its layer's mean activation norm, kept on the target
+    layer); returns the rescaled vector and the factor applied to ``mapped``."""
+    n = float(mapped.norm())
+    if n == 0 or mean_norm(acts_a) == 0:
+        return mapped, 1.0
+    factor = float(v.norm()) / mean_norm(acts_a) * mean_norm(acts_b) / n
+    return (mapped.double() * factor).float(), factor
+
+
+def random_control(vec: torch.Tensor, seed: list[int]) -> torch.Tensor:
+    """A seeded Gaussian direction of ``vec``'s width and norm (the transfer's control)."""
+    r = torch.as_tensor(np.random.default_rng(seed).standard_normal(vec.shape[-1]), dtype=torch.float64)
+    return (r * (float(vec.norm()) / float(r.norm()))).float()
+
+
+def transfer_verdict(gain: float, high: float | None, p: float, min_gain: float, alpha: float) -> str:
+    """PASS when the test gain is >= ``min_gain`` and the exact McNemar p <= ``alpha``; FAIL when
+    the gain's interval lies below ``min_gain``; else INCONCLUSIVE."""
+    if gain >= min_gain and p <= alpha:
+        return "PASS"
+    if high is not None and high < min_gain:
+        return "FAIL"
+    return "INCONCLUSIVE"
 
 
 def headline(s: dict) -> list[str]:
@@ -488,6 +740,26 @@ def headline(s: dict) -> list[str]:
                          f"{s['threshold']:g}): {b['verdict']}; {p['pass_pairs']} of {p['scored_pairs']} pairs PASS")
     if s["transferred"]:
         lines.append(f"  {s['transferred']} vectors carried through the fitted maps (vectors/transfer_*)")
+    t = s.get("transfer")
+    for r in (t or {}).get("rows", []):
+        if r.get("gain") is None:
+            lines.append(f"    transfer {r['model_a']} L{r['layer_a']} -> {r['model_b']} L{r['layer_b']}: not scored")
+            continue
+
+        def gain(pre: str, r=r) -> str:
+            ci = "n/a" if r[pre + "gain_low"] is None else f"[{r[pre + 'gain_low']:+.3f}, {r[pre + 'gain_high']:+.3f}]"
+            return (f"test {r[pre + 'test_accuracy']:.3f} (strength {r[pre + 'strength']:g}; gain "
+                    f"{r[pre + 'gain']:+.3f} {ci}, McNemar p {r[pre + 'mcnemar_p']:.3g}) {r[pre + 'verdict']}")
+
+        lines.append(f"    transfer {r['model_a']} L{r['layer_a']} -> {r['model_b']} L{r['layer_b']} (norm "
+                     f"{r['norm_b']:.3g}): unsteered test {r['unsteered_test_accuracy']:.3f} (n={r['n_test']}); "
+                     f"mapped {gain('')}")
+        if r.get("control_gain") is not None:
+            vs = "n/a" if r["vs_control_p"] is None else f"{r['vs_control_p']:.3g}"
+            lines.append(f"      random control (same norm): {gain('control_')}; mapped vs control p {vs}")
+    if t:
+        lines.append(f"  transfer verdict (gain >= {t['min_gain']:g}, McNemar p <= {t['alpha']:g}): "
+                     f"{t['pass']} of {len(t['rows'])} PASS")
     return lines
 
 
@@ -496,8 +768,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 
 def report(runs: list[Path]) -> dict[str, pd.DataFrame]:
-    """``eas-report``'s tables of similarity runs: one row per model pair (its CKA and best projection)
-    and the scored layer pairs (the full CKA grids stay in each run's ``results.parquet``)."""
+    """``eas-report``'s tables of similarity runs: one row per model pair (its CKA and best projection),
+    the scored layer pairs and the carried vectors (``transfer``: with their scores on the target under
+    ``experiment.transfer``); the full CKA grids stay in each run's ``results.parquet``."""
     out, rows = {}, []
     for r in runs:
         path = Path(r) / "summary.json"
@@ -516,4 +789,8 @@ def report(runs: list[Path]) -> dict[str, pd.DataFrame]:
               if (Path(r) / "projection.parquet").exists()]
     if frames:
         out["projection"] = pd.concat(frames, ignore_index=True)
+    frames = [pd.read_parquet(Path(r) / "transfer.parquet").assign(run=str(r)) for r in runs
+              if (Path(r) / "transfer.parquet").exists()]
+    if frames:
+        out["transfer"] = pd.concat(frames, ignore_index=True)
     return out

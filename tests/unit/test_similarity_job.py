@@ -1,6 +1,7 @@
 """experiment=similarity on tiny random models: a model against itself (CKA 1 on the diagonal), two
 models of other widths and depths, the numbers against eas.core.similarity on activations captured by
-hand, vector transfer, store reuse and bad input."""
+hand, vector transfer (and its use on the target: steering accuracy against unsteered and a random
+control), store reuse and bad input."""
 
 from __future__ import annotations
 
@@ -170,7 +171,128 @@ def test_a_vector_of_the_wrong_width_fails_before_any_capture(tmp_path):
     (["experiment.max_texts=4"], ConfigError, "experiment.max_texts=4"),
     (["experiment.vector_path=/no/such/dir"], ConfigError, "experiment.vector_path='/no/such/dir'"),
     (["experiment.models=[{source: random}]"], ConfigError, "inline model config needs a name"),
+    (["experiment.transfer=true"], ConfigError, "experiment.transfer=true: needs two or more experiment.models"),
+    ([f"experiment.models=[tiny_random,{NARROW}]", "experiment.transfer=true", "experiment.min_gain=0"], ConfigError,
+     "experiment.min_gain=0"),
+    ([f"experiment.models=[tiny_random,{NARROW}]", "experiment.transfer=true", "experiment.layers=[1]"], ConfigError,
+     r"layer=\[1, 2\] \(the source vectors' layers\) must be among experiment.layers=\[1\]"),
 ])
 def test_bad_config_is_one_line_naming_the_field(overrides, err, match):
     with pytest.raises(err, match=match):
         _cfg(*overrides)
+
+
+# -- transfer: the carried vector used on the target ---------------------------------------------
+TRANSFER = [f"experiment.models=[tiny_random,{NARROW}]", "experiment.transfer=true", "max_sample_size=40",
+            "strength=[0.5,2.0]"]
+
+
+@torch.no_grad()
+def _target_accuracy(cfg, items, layer: int, vector: torch.Tensor | None, strength: float) -> float:
+    """Accuracy of the target model on ``items``, steered by hand: the reference engine (one whole
+    forward pass per item, full-vocabulary logits), on a freshly loaded model."""
+    from eas import models
+    from eas.core import engine, score, tokens
+    from eas.prompts import Prompter
+
+    mcfg = sim_job.model_configs(cfg)[1]
+    lm = models.load(mcfg, seed=0)
+    p = cfg.prompt
+    prompter = Prompter(lm.tokenizer, p.format, p.system, p.instruction)
+    rows = tokens.encode(lm.tokenizer, [prompter.mc(it) for it in items], prompter.add_special_tokens)
+    letters = score.letter_token_ids(lm.tokenizer, max(len(it.options) for it in items), p.letters == "bare")
+    v = torch.zeros(int(lm.model.config.hidden_size)) if vector is None else vector
+    scores = engine.naive_sweep_mc(lm.model, lm.sites, rows, [len(it.options) for it in items], letters,
+                                   cfg.steer_target.site, [engine.Cell(layer, strength, v)])
+    return float((scores[0].argmax(-1).numpy() == np.array([it.label for it in items])).mean())
+
+
+def test_transfer_steers_the_target_with_the_rescaled_mapped_vector(tmp_path):
+    import json
+
+    vecs = tmp_path / "vecs"
+    torch.manual_seed(0)
+    for layer in (1, 2):
+        store.write_tensors(vecs / "vectors" / f"x_residual_L{layer}.safetensors", {"vector": torch.randn(64)},
+                            {"method": "x", "site": "residual", "layer": str(layer), "model": "tiny_random"})
+    cfg = _cfg(*TRANSFER, f"experiment.vector_path={vecs}")
+    job = sim_job.Similarity(cfg, tmp_path / "run")
+    s = job.run()
+    t = pd.read_parquet(tmp_path / "run" / "transfer.parquet")
+    assert len(t) == 2 and s["transferred"] == 2 and len(s["transfer"]["rows"]) == 2
+    json.dumps(s, allow_nan=False)  # no non-finite number in the summary
+    a = _by_hand(job, cfg.model)
+    b = _by_hand(job, sim_job.model_configs(cfg)[1])
+    for row in t.itertuples():
+        got = store.read_tensors(Path(row.file))["vector"]
+        v = store.read_tensors(Path(row.source_file))["vector"]
+        # the rule: the mapped direction at |v| * mean|h_b| / mean|h_a| (activation norms of the two layers)
+        m = S.fit_linear_map(a[row.layer_a][job.train], b[row.layer_b][job.train], ridge=1.0).apply_direction(
+            v.double().numpy())
+        na = np.linalg.norm(a[row.layer_a], axis=-1).mean()
+        nb = np.linalg.norm(b[row.layer_b], axis=-1).mean()
+        want = m / np.linalg.norm(m) * float(v.norm()) * nb / na
+        assert got.shape == (48,)
+        assert got.numpy() == pytest.approx(want, rel=1e-4, abs=1e-6)
+        assert row.norm_b == pytest.approx(float(v.norm()) * nb / na, rel=1e-4)
+        assert row.norm_mapped == pytest.approx(np.linalg.norm(m), rel=1e-4)
+        # the control: a seeded random direction of the same norm
+        assert row.control_norm == pytest.approx(row.norm_b, rel=1e-5)
+        ctl = sim_job.random_control(got, [0, 1, row.layer_a, row.layer_b])
+        assert float(ctl.norm()) == pytest.approx(float(got.norm()), rel=1e-5)
+        assert abs(float(torch.nn.functional.cosine_similarity(ctl, got, dim=0))) < 0.9
+        # strengths picked on val; the numbers against the reference engine on a fresh model
+        test = job.splits["test"]
+        assert row.strength in (0.5, 2.0) and row.control_strength in (0.5, 2.0)
+        assert row.test_accuracy == pytest.approx(_target_accuracy(cfg, test, row.layer_b, got, row.strength))
+        assert row.control_test_accuracy == pytest.approx(
+            _target_accuracy(cfg, test, row.layer_b, ctl, row.control_strength))
+        assert row.unsteered_test_accuracy == pytest.approx(_target_accuracy(cfg, test, row.layer_b, None, 0.0))
+        assert row.gain == pytest.approx(row.test_accuracy - row.unsteered_test_accuracy)
+        assert row.gain_low <= row.gain <= row.gain_high and 0 < row.mcnemar_p <= 1
+        assert row.verdict == sim_job.transfer_verdict(row.gain, row.gain_high, row.mcnemar_p, 0.02, 0.05)
+        assert row.n_test == len(test)
+    cells = pd.read_parquet(tmp_path / "run" / "transfer_cells.parquet")
+    assert len(cells) == 2 * (2 * 2 + 2)  # per vector: mapped and control at 2 strengths on val, the picked on test
+    val = cells[(cells.split == "val") & (cells.vector == "mapped") & (cells.layer_a == 1)]
+    assert val.accuracy.max() == pytest.approx(t[t.layer_a == 1].val_accuracy.iloc[0])
+
+
+def test_transfer_of_the_method_vectors_and_a_rerun_reads_the_store(tmp_path):
+    from eas.experiments.steer import Steer
+
+    cfg = _cfg(*TRANSFER)
+    job = sim_job.Similarity(cfg, tmp_path / "a")
+    first = job.run()
+    # the source vectors: the job's method (pasf) at the job's layers, as a steer job on models[0] makes them
+    assert [(f, L) for f, L, _ in job.vectors_a] == [("pasf@tiny_random", 1), ("pasf@tiny_random", 2)]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        steer_cfg = compose("config", overrides=["model=tiny_random", "progress=false", "max_sample_size=40",
+                                                 f"store.root={tmp_path / 'store2'}"])  # its own store: computed anew
+    prepare(steer_cfg)
+    steer = Steer(steer_cfg, tmp_path / "steer")
+    steer.load()
+    want = steer.vectors(steer.unsteered()["train"])
+    for _, L, v in job.vectors_a:
+        assert torch.allclose(v, want[L].float())
+    records = _records(tmp_path)
+    kinds = {p.relative_to(tmp_path / "store").parts[0] for p in records}
+    assert {"activations", "similarity", "cells", "vectors"} <= kinds
+    second = sim_job.run(cfg, tmp_path / "b")
+    assert _records(tmp_path) == records  # nothing recomputed, nothing rewritten
+    ta, tb = (pd.read_parquet(tmp_path / d / "transfer.parquet").drop(columns=["file"]) for d in "ab")
+    pd.testing.assert_frame_equal(ta, tb)
+    assert first["transfer"] == second["transfer"]
+    assert first["transfer"]["rows"][0]["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
+    tables = sim_job.report([tmp_path / "a", tmp_path / "b"])
+    assert len(tables["transfer"]) == 2 * 2 and {"gain", "control_gain", "verdict"} <= set(tables["transfer"])
+
+
+def test_transfer_verdict():
+    v = sim_job.transfer_verdict
+    assert v(0.05, 0.09, 0.01, 0.02, 0.05) == "PASS"
+    assert v(0.05, 0.09, 0.20, 0.02, 0.05) == "INCONCLUSIVE"  # big enough, not significant
+    assert v(0.01, 0.015, 0.01, 0.02, 0.05) == "FAIL"  # significant but the whole interval is below 2%
+    assert v(0.0, 0.0, 1.0, 0.02, 0.05) == "FAIL"
+    assert v(0.01, None, 1.0, 0.02, 0.05) == "INCONCLUSIVE"
