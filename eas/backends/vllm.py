@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from eas.core.generate import _NEVER, STEER_ON, GenCell, Sampling, _window
+from eas.core.generate import _NEVER, GenCell, Sampling, _window, check_decoding
 from eas.core.sites import FAMILIES, MODEL_TYPES
 
 SITES = ("residual",)
@@ -196,16 +196,7 @@ def _check(vm: VllmModel, token_rows, site: str, cells, sampling: Sampling, stee
     if site not in SITES:
         raise ValueError(f"site={site!r}: the vLLM backend steers only {', '.join(map(repr, SITES))}; "
                          "use eas's engine for other sites")
-    if steer_on not in STEER_ON:
-        raise ValueError(f"steer_on={steer_on!r}: must be one of {', '.join(map(repr, STEER_ON))}")
-    if steer_from is not None and steer_from < 0:
-        raise ValueError(f"steer_from={steer_from}: must be >= 0 (a prompt position) or None")
-    if sampling.max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={sampling.max_new_tokens}: must be >= 1")
-    if sampling.temperature < 0:
-        raise ValueError(f"temperature={sampling.temperature}: must be >= 0 (0 = greedy)")
-    if not 0 < sampling.top_p <= 1:
-        raise ValueError(f"top_p={sampling.top_p}: must be in (0, 1]")
+    check_decoding(sampling, steer_on, steer_from)
     if sampling.seed < 0:
         raise ValueError(f"seed={sampling.seed}: must be >= 0")
     for k, c in enumerate(cells):

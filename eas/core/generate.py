@@ -79,9 +79,8 @@ def _stops(model, eos: int | Sequence[int] | None) -> list[int]:
     return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
 
 
-def _check(model, sites: SiteMap, token_rows, site: str, cells, sampling: Sampling, steer_on: str,
-           steer_from: int | None) -> None:
-    """Raises ValueError (``ModelError`` for layers and sites) naming the argument and its value."""
+def check_decoding(sampling: Sampling, steer_on: str, steer_from: int | None) -> None:
+    """The decoding arguments every engine takes (this one, ``eas.backends.vllm``): ValueError naming the bad one."""
     if steer_on not in STEER_ON:
         raise ValueError(f"steer_on={steer_on!r}: must be one of {', '.join(map(repr, STEER_ON))}")
     if steer_from is not None and steer_from < 0:
@@ -92,6 +91,12 @@ def _check(model, sites: SiteMap, token_rows, site: str, cells, sampling: Sampli
         raise ValueError(f"temperature={sampling.temperature}: must be >= 0 (0 = greedy)")
     if not 0 < sampling.top_p <= 1:
         raise ValueError(f"top_p={sampling.top_p}: must be in (0, 1]")
+
+
+def _check(model, sites: SiteMap, token_rows, site: str, cells, sampling: Sampling, steer_on: str,
+           steer_from: int | None) -> None:
+    """Raises ValueError (``ModelError`` for layers and sites) naming the argument and its value."""
+    check_decoding(sampling, steer_on, steer_from)
     sites.site(site)
     width = model.config.hidden_size
     for k, c in enumerate(cells):

@@ -262,11 +262,13 @@ class Experiment:
                 f"try model.dtype=float32")
         return scores
 
-    def unsteered(self) -> dict[str, Scored]:
-        """Per split: the unsteered predictions and letter probabilities (one store record each)."""
+    def unsteered(self, splits: list[str] | None = None) -> dict[str, Scored]:
+        """Per split (every split by default): the unsteered predictions and letter probabilities
+        (one store record each)."""
         out = {}
         before = self.store.tally("cells")
-        for split, items in self.splits.items():
+        for split in splits or list(self.splits):
+            items = self.splits[split]
             k = store.key("unsteered", self.base_key, split)
             rec = self.store.get_json("cells", k, Scored.fits(items, probs=True))
             if rec is None:

@@ -369,21 +369,6 @@ class Similarity(Experiment):
         if cfg.split_rule != "eas":
             self.base_key.append(["split_rule", cfg.split_rule])
 
-    def unsteered_on(self, splits: list[str]) -> dict[str, Scored]:
-        """``Experiment.unsteered`` for some splits only (the same store records)."""
-        out = {}
-        for split in splits:
-            items = self.splits[split]
-            k = store.key("unsteered", self.base_key, split)
-            rec = self.store.get_json("cells", k, Scored.fits(items, probs=True))
-            if rec is None:
-                scores = self.unsteered_scores(items, split)
-                rec = Scored([it.id for it in items], [it.label for it in items], scores.argmax(-1).tolist(),
-                             torch.softmax(scores, -1).tolist()).as_dict()
-                self.store.put_json("cells", k, rec)
-            out[split] = Scored(**rec)
-        return out
-
     def source_vectors(self, label: str) -> list[tuple[str, int, torch.Tensor]]:
         """The job's method's vectors at the job's layers on the loaded (first) model, as a steer job
         on it makes them (``Experiment.vectors``: extracted from train, a file, or the store)."""
@@ -391,7 +376,7 @@ class Similarity(Experiment):
         saved = self.position, self.layers
         self.position, self.layers = str(self.cfg.method.position), list(self.job_layers)
         try:
-            vecs = self.vectors(self.unsteered_on(["train"])["train"])
+            vecs = self.vectors(self.unsteered(["train"])["train"])
         finally:
             self.position, self.layers = saved
         return [(f"{self.method}@{label}", L, v.float()) for L, v in sorted(vecs.items())]
@@ -455,7 +440,7 @@ class Similarity(Experiment):
         self.lm.sites.check_layer(layer_b)
         control = random_control(vec, [self.seed, *seed_parts])
         kinds = {"mapped": vec, "control": control}
-        base = self.unsteered_on(["val", "test"])
+        base = self.unsteered(["val", "test"])
         val = self.score_steered([(k, layer_b, s, v) for k, v in kinds.items() for s in self.strengths], "val")
         out: dict[str, Any] = {"unsteered_val_accuracy": base["val"].accuracy,
                                "unsteered_test_accuracy": base["test"].accuracy, "n_val": len(self.splits["val"]),
