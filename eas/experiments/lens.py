@@ -20,17 +20,24 @@
 5. cosines between every vector of the run (across layers) and those of
    ``experiment.vector_paths`` (files or run dirs; their widths checked);
 6. a PCA map of ``experiment.pca_layer``'s activations coloured by the answer label, with the
-   steering direction projected into the plane.
+   steering direction projected into the plane, and a t-SNE map of the same activations;
+7. with ``experiment.sae.train`` or ``experiment.sae.path``: a sparse autoencoder on
+   ``experiment.sae.layer``'s activations of the text set (``eas.core.sae``; trained and
+   store-cached, or an sae-lens folder loaded), its reconstruction and dead features on the set,
+   every steering vector of that width decomposed into its top features (``eas.core.sae.decompose``:
+   by cosine with the decoder rows, weights by least squares), each of those features' top-activating
+   texts and the top tokens of its decoder row unembedded.
 
 Writes ``results.parquet`` (per layer lens rows), ``top_tokens.parquet``, ``vector_lens.parquet``,
-``svd.parquet``, ``cosines.parquet``, ``pca.parquet``, ``vectors/``, ``figures/``, ``summary.json``
+``svd.parquet``, ``cosines.parquet``, ``pca.parquet`` (PCA and t-SNE coordinates), ``sae.parquet`` (with an
+SAE: one row per (vector, feature)), ``vectors/``, ``figures/``, ``summary.json``
 and ``manifest.json``.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +49,7 @@ from omegaconf import MISSING, DictConfig
 from eas import store
 from eas.config import ConfigError
 from eas.core import lens as L
+from eas.core import sae as SAE
 from eas.core import stats
 from eas.core.sites import ModelError
 from eas.data.schema import MCItem
@@ -50,6 +58,20 @@ from eas.experiments.base import Config as BaseConfig
 from eas.methods.base import VectorError, check_width
 
 log = logging.getLogger("eas")
+
+
+@dataclass
+class SAEConfig:
+    train: bool = MISSING  # train an SAE on the layer's activations of the text set (store-cached)
+    path: str | None = None  # or load one: an sae-lens folder (cfg.json, sae_weights.safetensors)
+    layer: int | None = None  # null: svd_layer
+    n_features: int = MISSING
+    l1: float = MISSING
+    epochs: int = MISSING
+    lr: float = MISSING
+    batch_size: int = MISSING
+    top_features: int = MISSING  # features per steering vector
+    top_texts: int = MISSING  # top-activating texts per feature
 
 
 @dataclass
@@ -64,6 +86,7 @@ class Config(BaseConfig):
     svd_layer: int | None = None  # null: the middle of the layer list
     svd_k: int = MISSING  # singular directions unembedded
     pca_layer: int | None = None  # null: svd_layer
+    sae: SAEConfig = field(default_factory=SAEConfig)
     n_bootstrap: int = MISSING
     alpha: float = MISSING
 
@@ -78,6 +101,18 @@ def validate(cfg: DictConfig) -> None:
     for name in ("svd_layer", "pca_layer"):
         if x[name] is not None and x[name] < 0:
             raise ConfigError(f"experiment.{name}={x[name]}: a 0-based block index, or null")
+    sae = x.sae
+    if sae.train and sae.path is not None:
+        raise ConfigError(f"experiment.sae.train=true and experiment.sae.path={sae.path!r}: train one or load one")
+    if sae.path is not None and not Path(str(sae.path)).is_dir():
+        raise ConfigError(f"experiment.sae.path={str(sae.path)!r}: no such folder (an sae-lens SAE folder)")
+    if sae.layer is not None and sae.layer < 0:
+        raise ConfigError(f"experiment.sae.layer={sae.layer}: a 0-based block index, or null")
+    for name in ("n_features", "epochs", "batch_size", "top_features", "top_texts"):
+        if sae[name] < 1:
+            raise ConfigError(f"experiment.sae.{name}={sae[name]}: must be >= 1")
+    if sae.l1 < 0 or sae.lr <= 0:
+        raise ConfigError(f"experiment.sae.l1={sae.l1}, lr={sae.lr}: l1 must be >= 0 and lr > 0")
     if not 0 < x.alpha < 1:
         raise ConfigError(f"experiment.alpha={x.alpha}: must be in (0, 1)")
     for i, p in enumerate(x.vector_paths):
@@ -118,8 +153,10 @@ class Lens(Experiment):
         n = self.lm.sites.n_layers
         self.svd_layer = self.checked_layer("svd_layer", x.svd_layer)
         self.pca_layer = self.checked_layer("pca_layer", x.pca_layer if x.pca_layer is not None else self.svd_layer)
+        self.sae_layer = self.checked_layer("sae.layer", x.sae.layer if x.sae.layer is not None else self.svd_layer)
         self.d_model = int(self.lm.model.config.hidden_size)
         extra = self.extra_vectors()  # bad files fail here, before any forward pass
+        loaded = self.load_sae()  # so does an SAE folder of another width
         items = self.items()
         texts = [self.prompter.mc(it) for it in items]
         self.mc_rows(items)  # a prompt past the context fails here, naming its item
@@ -136,7 +173,9 @@ class Lens(Experiment):
         svd_df, svd_info = self.svd_table(texts, vecs)
         cos_labels, cos = self.cosines(named)
         pca_df, pca_info = self.pca_map(texts, items, vecs)
-        return self.write(table, tops, vlens, svd_df, svd_info, cos_labels, cos, pca_df, pca_info, items)
+        sae_df, sae_info = self.sae_table(texts, items, named, loaded)
+        return self.write(table, tops, vlens, svd_df, svd_info, cos_labels, cos, pca_df, pca_info, sae_df, sae_info,
+                          items)
 
     # -- the text set -----------------------------------------------------
     def items(self) -> list[MCItem]:
@@ -315,6 +354,7 @@ class Lens(Experiment):
 
     def pca_map(self, texts: list[str], items: list[MCItem], vecs: dict[int, torch.Tensor]) -> tuple[pd.DataFrame, dict]:
         from sklearn.decomposition import PCA
+        from sklearn.manifold import TSNE
 
         layer = self.pca_layer
         acts = self.capture(texts, [layer], self.site, self.position)[layer].double().numpy()
@@ -323,8 +363,11 @@ class Lens(Experiment):
         xy = pca.transform(acts)
         if n_comp < 2:
             xy = np.c_[xy, np.zeros(len(xy))]
+        # t-SNE keeps neighbourhoods rather than variance: clusters the top two PCs may hide
+        tsne = TSNE(n_components=2, perplexity=float(min(30, len(acts) - 1)), init="pca", random_state=self.seed)
+        ts = tsne.fit_transform(acts) if len(acts) > 2 else np.zeros((len(acts), 2))
         df = pd.DataFrame({"item_id": [it.id for it in items], "label": [it.letters[it.label] for it in items],
-                           "pc1": xy[:, 0], "pc2": xy[:, 1], "layer": layer})
+                           "pc1": xy[:, 0], "pc2": xy[:, 1], "tsne1": ts[:, 0], "tsne2": ts[:, 1], "layer": layer})
         info: dict[str, Any] = {"layer": layer, "explained": [float(e) for e in pca.explained_variance_ratio_],
                                 "vector_layer": None}
         if vecs:
@@ -337,8 +380,82 @@ class Lens(Experiment):
                          "cosine_pc": [float(a / norm) if norm > 0 else float("nan") for a in proj]})
         return df, info
 
+    # -- step 7: sparse autoencoder features ----------------------------------
+    def load_sae(self) -> SAE.SAE | None:
+        """The SAE of ``experiment.sae.path`` (None without one), checked against this model's width."""
+        path = self.x.sae.path
+        if path is None:
+            return None
+        sae, _ = SAE.load_sae(str(path))
+        if sae.d_in != self.d_model:
+            raise VectorError(f"experiment.sae.path={str(path)!r}: the SAE's d_in is {sae.d_in}, this model's "
+                              f"width is {self.d_model}: an SAE of another model or site")
+        return sae
+
+    def trained_sae(self, texts: list[str], acts: torch.Tensor, layer: int) -> tuple[SAE.SAE, dict[str, Any]]:
+        """An SAE trained on ``acts`` (a store record keyed by the activations and the hyperparameters)."""
+        s = self.x.sae
+        hyper = {"n_features": int(s.n_features), "l1": float(s.l1), "epochs": int(s.epochs), "lr": float(s.lr),
+                 "batch_size": int(s.batch_size), "seed": int(self.seed)}
+        key = store.key("sae", self.lm.fingerprint, texts, self.prompter.add_special_tokens, self.site, self.position,
+                        layer, hyper)
+        rec = self.store.get_tensors("sae", key)
+        if rec is not None and tuple(rec["W_enc"].shape) == (acts.shape[1], hyper["n_features"]):
+            log.info("SAE: from the store")
+            return SAE.SAE(rec["W_enc"], rec["b_enc"], rec["W_dec"], rec["b_dec"]), {**hyper, "from_store": True}
+        sae, tlog = SAE.train_sae(acts, **hyper)
+        self.store.put_tensors("sae", key, {k: getattr(sae, k).detach().contiguous()
+                                            for k in ("W_enc", "b_enc", "W_dec", "b_dec")})
+        log.info("SAE: trained %d features on %d texts in %d steps, loss %.4g -> %.4g", hyper["n_features"],
+                 len(acts), tlog.steps, tlog.loss[0], tlog.loss[-1])
+        return sae, {**hyper, "from_store": False, "final_loss": tlog.loss[-1]}
+
+    def sae_table(self, texts: list[str], items: list[MCItem], named: dict[str, tuple[str, int, torch.Tensor]],
+                  loaded: SAE.SAE | None) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """One row per (vector, feature): the vector's top SAE features, their weights, top-activating
+        texts and unembedded decoder rows; and the SAE's statistics on the text set."""
+        s = self.x.sae
+        if not s.train and loaded is None:
+            return pd.DataFrame(columns=SAE_COLUMNS), {"enabled": False}
+        layer = self.sae_layer
+        acts = self.capture(texts, [layer], self.site, self.position)[layer].float()
+        if loaded is not None:
+            sae, source, hyper = loaded, str(s.path), None
+        else:
+            sae, hyper = self.trained_sae(texts, acts, layer)
+            source = "trained"
+        stats = SAE.sae_stats(sae, acts)
+        SAE.save_sae(sae, self.out / "sae", {"model": self.lm.name, "layer": layer, "site": self.site,
+                                             "position": self.position, "source": source, "hyper": hyper})
+        k = min(int(s.top_features), sae.d_sae)
+        n_tok = min(int(self.x.top_k), int(self.lm.model.config.vocab_size))
+        rows, vectors = [], {}
+        for label, (_, vlayer, v) in named.items():
+            if v.shape[-1] != sae.d_in or not bool(v.any()):
+                continue
+            dec = SAE.decompose(sae, v, k)
+            feats = dec.features.tolist()
+            ex_rows, ex_vals = SAE.top_activating(sae, acts, feats, int(s.top_texts))
+            ul = L.unembed_directions(self.lm.model, sae.W_dec[dec.features].float(), n_tok)
+            vectors[label] = {"layer": vlayer, "reconstruction": dec.reconstruction,
+                              "features": feats[:3], "weights": [float(w) for w in dec.weights[:3]]}
+            for r, f in enumerate(feats):
+                active = ex_vals[r] > 0
+                rows.append({"vector": label, "vector_layer": vlayer, "sae_layer": layer, "rank": r, "feature": f,
+                             "cosine": float(dec.cosine[r]), "weight": float(dec.weights[r]),
+                             "encoder": float(dec.encoder[r]), "reconstruction": dec.reconstruction,
+                             "top_item_ids": [items[i].id for i in ex_rows[r][active].tolist()],
+                             "top_acts": [float(a) for a in ex_vals[r][active]],
+                             "top_texts": [items[i].question[:80] for i in ex_rows[r][active].tolist()],
+                             "top_positive": " | ".join(self.decode(t) for t in ul.positive.ids[r].tolist()),
+                             "top_negative": " | ".join(self.decode(t) for t in ul.negative.ids[r].tolist())})
+        info = {"enabled": True, "source": source, "layer": layer, "d_sae": sae.d_sae, "n_texts": stats.n,
+                "mse": stats.mse, "explained_variance": stats.explained_variance, "l0": stats.l0,
+                "dead_fraction": stats.dead_fraction, "hyper": hyper, "vectors": vectors}
+        return pd.DataFrame(rows, columns=SAE_COLUMNS), info
+
     # -- writing ------------------------------------------------------------
-    def write(self, table, tops, vlens, svd_df, svd_info, cos_labels, cos, pca_df, pca_info,
+    def write(self, table, tops, vlens, svd_df, svd_info, cos_labels, cos, pca_df, pca_info, sae_df, sae_info,
               items) -> dict[str, Any]:
         meta = {**self.meta(), "method": self.method}
         store.write_parquet(self.out / "results.parquet", table.assign(**meta))
@@ -350,6 +467,8 @@ class Lens(Experiment):
         store.write_parquet(self.out / "cosines.parquet",
                             pd.DataFrame(cos_rows, columns=["a", "b", "cosine"]).assign(**meta))
         store.write_parquet(self.out / "pca.parquet", pca_df.assign(**meta))
+        if sae_info["enabled"]:
+            store.write_parquet(self.out / "sae.parquet", sae_df.assign(**meta))
         last = table.iloc[-1]
         first_top1 = table[table.top1_rate >= 0.5]
         best_prob = table.loc[table.prob_mean.idxmax()]
@@ -362,13 +481,31 @@ class Lens(Experiment):
             "first_layer_top1_majority": int(first_top1.layer.iloc[0]) if len(first_top1) else None,
             "best_prob_layer": {"layer": int(best_prob.layer), "prob_mean": float(best_prob.prob_mean)},
             "vectors": len(cos_labels), "mean_offdiagonal_cosine": float(np.mean(off)) if off else None,
-            "svd": svd_info, "pca": pca_info,
+            "svd": svd_info, "pca": pca_info, "sae": sae_info, "sae_top_features": int(self.x.sae.top_features),
         }
         summary = self.finish(summary, headline(summary))
         from eas.report.representations import write_lens_figures
 
         self.figures(write_lens_figures, self.out / "figures", table, svd_df, cos_labels, cos, pca_df, pca_info)
+        self.figures(tsne_map, pca_df, pca_info["layer"], self.out / "figures" / "tsne_map.png")
         return summary
+
+
+SAE_COLUMNS = ["vector", "vector_layer", "sae_layer", "rank", "feature", "cosine", "weight", "encoder",
+               "reconstruction", "top_item_ids", "top_acts", "top_texts", "top_positive", "top_negative"]
+
+
+def tsne_map(df: pd.DataFrame, layer: int, path: Path) -> None:
+    """``pca_map``'s picture of the t-SNE coordinates (no arrow: t-SNE has no directions)."""
+    from eas.report.figures import save_figure
+    from eas.report.representations import pca_map
+
+    fig = pca_map(df.assign(pc1=df.tsne1, pc2=df.tsne2), {"layer": layer})
+    ax = fig.axes[0]
+    ax.set_xlabel("t-SNE 1")
+    ax.set_ylabel("t-SNE 2")
+    ax.set_title(f"t-SNE of layer {layer}")
+    save_figure(fig, path)
 
 
 def headline(s: dict) -> list[str]:
@@ -392,6 +529,14 @@ def headline(s: dict) -> list[str]:
     if p.get("vector_layer") is not None:
         lines.append(f"  PCA at layer {p['layer']}: explained {', '.join(f'{e:.3f}' for e in p['explained'])}; "
                      f"the L{p['vector_layer']} vector has {p['in_plane']:.3f} of its norm in the plane")
+    a = s["sae"]
+    if a["enabled"]:
+        lines.append(f"  SAE at layer {a['layer']} ({a['d_sae']} features, {a['source']}): explained variance "
+                     f"{a['explained_variance']:.3f}, L0 {a['l0']:.1f}, dead {a['dead_fraction']:.3f}")
+        same = [(lab, v) for lab, v in a["vectors"].items() if v["layer"] == a["layer"]] or list(a["vectors"].items())
+        for lab, v in same[:2]:
+            top = ", ".join(f"f{f} ({w:+.3g})" for f, w in zip(v["features"], v["weights"]))
+            lines.append(f"    {lab}: {top}; top-{s['sae_top_features']} reconstruction {v['reconstruction']:.3f}")
     return lines
 
 

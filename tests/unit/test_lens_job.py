@@ -16,13 +16,16 @@ from eas import config as config_mod
 from eas import store
 from eas.cli import CONF_DIR
 from eas.config import ConfigError
+from eas.core import sae as SAE
 from eas.core.sites import ModelError
 from eas.experiments import lens as lens_job
 from eas.experiments.base import prepare
 from eas.methods.base import VectorError
 
 FAST = ["model=tiny_random", "experiment=lens", "progress=false", "max_sample_size=20", "layer=[1,2]",
-        "experiment.n_bootstrap=200", "experiment.top_k=5", "experiment.sample_prompts=2"]
+        "experiment.n_bootstrap=200", "experiment.top_k=5", "experiment.sample_prompts=2",
+        "experiment.sae.n_features=32", "experiment.sae.epochs=20", "experiment.sae.top_features=3",
+        "experiment.sae.top_texts=2"]
 
 
 def _cfg(*overrides: str):
@@ -66,7 +69,8 @@ def test_lens_writes_everything(first_run):
     run = tmp / "run"
     for f in ("results.parquet", "top_tokens.parquet", "vector_lens.parquet", "svd.parquet", "cosines.parquet",
               "pca.parquet", "summary.json", "manifest.json", "figures/lens_layers.png", "figures/svd_scree.png",
-              "figures/vector_cosines.png", "figures/pca_map.png", "vectors/pasf_residual_L1.safetensors"):
+              "figures/vector_cosines.png", "figures/pca_map.png", "figures/tsne_map.png", "sae.parquet",
+              "sae/cfg.json", "sae/sae_weights.safetensors", "vectors/pasf_residual_L1.safetensors"):
         assert (run / f).exists(), f
     assert s["n_items"] == 20 and s["n_layers"] == 4 and s["svd"]["layer"] == 2 and s["pca"]["vector_layer"] == 2
     table = pd.read_parquet(run / "results.parquet")
@@ -140,6 +144,54 @@ def test_vector_lens_svd_and_cosines_equal_direct_computations(first_run):
     assert cos[("pasf L1", "pasf L1")] == pytest.approx(1.0)
 
 
+def test_the_sae_is_trained_on_the_layer_and_the_vectors_read_as_its_features(first_run):
+    tmp, _, s, job = first_run
+    run = tmp / "run"
+    a = s["sae"]
+    assert a["enabled"] and a["layer"] == 2 and a["d_sae"] == 32 and a["source"] == "trained" and a["n_texts"] == 20
+    # the statistics are those of the written SAE on the layer's activations (captured again by hand)
+    sae, sae_cfg = SAE.load_sae(run / "sae")
+    assert sae_cfg["metadata"]["layer"] == 2 and sae.d_in == 64
+    items = job.items()
+    acts = torch.stack([_hidden(job, row)[0][3][0, -1] for row in job.mc_rows(items)])
+    st = SAE.sae_stats(sae, acts)
+    assert st.dead_fraction == pytest.approx(a["dead_fraction"]) and st.l0 == pytest.approx(a["l0"])
+    assert st.explained_variance == pytest.approx(a["explained_variance"], rel=1e-3, abs=1e-4)
+    df = pd.read_parquet(run / "sae.parquet")
+    assert set(df.vector) == {"pasf L1", "pasf L2"} and (df.groupby("vector").size() == 3).all()
+    v2 = store.read_tensors(run / "vectors" / "pasf_residual_L2.safetensors")["vector"]
+    dec = SAE.decompose(sae, v2, 3)
+    got = df[df.vector == "pasf L2"].sort_values("rank")
+    assert got.feature.tolist() == dec.features.tolist()
+    assert got.weight.to_numpy() == pytest.approx(dec.weights.numpy(), rel=1e-4, abs=1e-6)
+    assert got.reconstruction.iloc[0] == pytest.approx(dec.reconstruction, abs=1e-6)
+    # each feature's top texts are the items it fires on most; its tokens are its decoder row unembedded
+    f0 = int(got.feature.iloc[0])
+    fires = sae.encode(acts)[:, f0]
+    want = [items[i].id for i in torch.topk(fires, 2).indices.tolist() if fires[i] > 0]
+    assert list(got.top_item_ids.iloc[0]) == want
+    assert all(len(t) <= 80 for t in got.top_texts.iloc[0])
+    ids = torch.topk(job.lm.model.lm_head.weight.detach() @ sae.W_dec[f0], 5).indices.tolist()
+    assert got.top_positive.iloc[0] == " | ".join(job.decode(t) for t in ids)
+    pca = pd.read_parquet(run / "pca.parquet")
+    assert {"tsne1", "tsne2"} <= set(pca.columns) and np.isfinite(pca[["tsne1", "tsne2"]].to_numpy()).all()
+
+
+def test_an_sae_folder_is_loaded_and_a_wrong_width_fails_before_any_forward_pass(first_run, tmp_path, monkeypatch):
+    tmp, _, _, _ = first_run
+    monkeypatch.setenv("EAS_STORE", str(tmp / "store"))
+    s = lens_job.run(_cfg("experiment.sae.train=false", f"experiment.sae.path={tmp / 'run' / 'sae'}"), tmp_path / "a")
+    first = pd.read_parquet(tmp / "run" / "sae.parquet")
+    again = pd.read_parquet(tmp_path / "a" / "sae.parquet")
+    assert s["sae"]["source"] == str(tmp / "run" / "sae") and again.feature.tolist() == first.feature.tolist()
+    g = torch.Generator().manual_seed(0)
+    SAE.save_sae(SAE.SAE(torch.randn(48, 8, generator=g), torch.zeros(8), torch.randn(8, 48, generator=g),
+                         torch.zeros(48)), tmp_path / "narrow")
+    with pytest.raises(VectorError, match="the SAE's d_in is 48, this model's width is 64"):
+        lens_job.run(_cfg("experiment.sae.train=false", f"experiment.sae.path={tmp_path / 'narrow'}"), tmp_path / "b")
+    assert not (tmp_path / "b" / "results.parquet").exists()
+
+
 def test_rerun_reads_the_store_and_other_runs_vectors_join_the_cosines(first_run, tmp_path, monkeypatch):
     tmp, _, first, _ = first_run
     monkeypatch.setenv("EAS_STORE", str(tmp / "store"))
@@ -156,7 +208,9 @@ def test_rerun_reads_the_store_and_other_runs_vectors_join_the_cosines(first_run
 
 
 def test_without_steering_vectors(tmp_path):
-    s = lens_job.run(_cfg("experiment.vectors=false", "max_sample_size=10", "experiment.svd_layer=3"), tmp_path / "run")
+    s = lens_job.run(_cfg("experiment.vectors=false", "max_sample_size=10", "experiment.svd_layer=3",
+                          "experiment.sae.train=false"), tmp_path / "run")
+    assert not s["sae"]["enabled"] and not (tmp_path / "run" / "sae.parquet").exists()
     assert s["vectors"] == 0 and s["pca"]["vector_layer"] is None and s["svd"]["layer"] == 3
     assert not (tmp_path / "run" / "vectors").exists() and not (tmp_path / "store" / "cells").exists()
     assert len(pd.read_parquet(tmp_path / "run" / "vector_lens.parquet")) == 0
@@ -182,6 +236,9 @@ def test_bad_vector_files_and_layers_fail_before_any_forward_pass(tmp_path):
     (["experiment.top_k=0"], "experiment.top_k=0"),
     (["experiment.alpha=1.5"], "experiment.alpha=1.5"),
     (["experiment.max_items=1"], "experiment.max_items=1"),
+    (["experiment.sae.path=/no/such/sae"], "experiment.sae.train=true and experiment.sae.path='/no/such/sae'"),
+    (["experiment.sae.train=false", "experiment.sae.path=/no/such/sae"], "experiment.sae.path='/no/such/sae'"),
+    (["experiment.sae.n_features=0"], "experiment.sae.n_features=0"),
     (["+experiment.nope=1"], "unknown config key 'experiment.nope'"),
 ])
 def test_bad_config_is_one_line_naming_the_field(overrides, match):
