@@ -185,11 +185,15 @@ class Experiment:
         log.info("benchmark %s: %d items -> %s", self.bench.name, len(self.bench),
                  {k: len(v) for k, v in self.splits.items()})
         self.load_model()
-        p = cfg.prompt
+        self.scoring_setup()
+
+    def scoring_setup(self) -> None:
+        """The loaded model's letter head and ``base_key`` (what decides every result of this job
+        besides the cell itself); a kind that loads several models calls it after each."""
+        cfg, p = self.cfg, self.cfg.prompt
         n_letters = max(len(it.options) for it in self.bench.items)
         self.letter_ids = score_mod.letter_token_ids(self.lm.tokenizer, n_letters, p.letters == "bare")
         self.head = score_mod.LetterHead(self.lm.model, self.letter_ids)
-        # what decides every result of this job, besides the cell itself
         self.base_key = [
             self.lm.fingerprint, self.bench.fingerprint(),
             [cfg.n_train_proportion, cfg.n_val_proportion, cfg.n_test_proportion, cfg.max_sample_size, cfg.seed],
@@ -494,6 +498,12 @@ class Experiment:
         })
         print("\n".join([*headline, f"  results: {self.out}"]), flush=True)
         return summary
+
+    @staticmethod
+    def results_table(runs: list[Path], file: str = "results.parquet") -> pd.DataFrame | None:
+        """``file`` of every run that has it, one frame with a ``run`` column (None: no run has it)."""
+        frames = [pd.read_parquet(Path(r) / file).assign(run=str(r)) for r in runs if (Path(r) / file).exists()]
+        return pd.concat(frames, ignore_index=True) if frames else None
 
     def figures(self, write, *args) -> None:
         """``write(*args)``; a figure that fails is a warning, never a lost result."""

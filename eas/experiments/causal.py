@@ -33,8 +33,8 @@ from eas import store
 from eas.config import ConfigError, choice
 from eas.core import patch as P
 from eas.core import stats
-from eas.core.similarity import bootstrap_texts
 from eas.core.score import score_mc
+from eas.core.similarity import bootstrap_texts
 from eas.data.schema import DataError, MCItem
 from eas.experiments.base import Config as BaseConfig
 from eas.experiments.base import Experiment

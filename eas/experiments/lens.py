@@ -546,6 +546,5 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 def report(runs: list[Path]) -> dict[str, pd.DataFrame]:
     """``eas-report``'s tables of lens runs: every run's per-layer rows."""
-    frames = [pd.read_parquet(Path(r) / "results.parquet").assign(run=str(r)) for r in runs
-              if (Path(r) / "results.parquet").exists()]
-    return {"layers": pd.concat(frames, ignore_index=True)} if frames else {}
+    table = Experiment.results_table(runs)
+    return {} if table is None else {"layers": table}

@@ -198,6 +198,5 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 def report(runs: list[Path]) -> dict[str, pd.DataFrame]:
     """``eas-report``'s table of mediation runs: every run's (effect, layer) rows."""
-    frames = [pd.read_parquet(Path(r) / "results.parquet").assign(run=str(r)) for r in runs
-              if (Path(r) / "results.parquet").exists()]
-    return {"effects": pd.concat(frames, ignore_index=True)} if frames else {}
+    table = CausalExperiment.results_table(runs)
+    return {} if table is None else {"effects": table}

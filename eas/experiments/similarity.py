@@ -354,20 +354,11 @@ class Similarity(Experiment):
 
     # -- transfer: scoring on a model's benchmark ------------------------------
     def scoring_setup(self) -> None:
-        """The loaded model's scoring prompter, letter head and ``base_key``, as ``Experiment.load``
-        makes them (so its unsteered records are a steer job's on that model)."""
-        cfg, p = self.cfg, self.cfg.prompt
+        """The loaded model's scoring prompter, then ``Experiment.scoring_setup`` (letter head and
+        ``base_key``), as ``Experiment.load`` makes them: its unsteered records are a steer job's."""
+        p = self.cfg.prompt
         self.prompter = Prompter(self.lm.tokenizer, p.format, p.system, p.instruction)
-        n_letters = max(len(it.options) for it in self.bench.items)
-        self.letter_ids = score_mod.letter_token_ids(self.lm.tokenizer, n_letters, p.letters == "bare")
-        self.head = score_mod.LetterHead(self.lm.model, self.letter_ids)
-        self.base_key = [
-            self.lm.fingerprint, self.bench.fingerprint(),
-            [cfg.n_train_proportion, cfg.n_val_proportion, cfg.n_test_proportion, cfg.max_sample_size, cfg.seed],
-            OmegaConf.to_container(cfg.prompt, resolve=True),
-        ]
-        if cfg.split_rule != "eas":
-            self.base_key.append(["split_rule", cfg.split_rule])
+        super().scoring_setup()
 
     def source_vectors(self, label: str) -> list[tuple[str, int, torch.Tensor]]:
         """The job's method's vectors at the job's layers on the loaded (first) model, as a steer job

@@ -47,14 +47,14 @@ def _gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
-def _wait_gone(pids: list[int], timeout: float = 30) -> None:
+def _wait_gone(pids: list[int], timeout: float = 180) -> None:  # a ceiling: a loaded machine is slow, not wrong
     end = time.monotonic() + timeout
     while not all(_gone(p) for p in pids):
         assert time.monotonic() < end, f"worker processes {pids} still alive after {timeout}s"
         time.sleep(0.1)
 
 
-def _wait_done(jobs: list, timeout: float = 30) -> None:
+def _wait_done(jobs: list, timeout: float = 180) -> None:
     end = time.monotonic() + timeout
     while not all(j.done() for j in jobs):
         assert time.monotonic() < end, f"jobs {[j.job_id for j in jobs]} still running after {timeout}s"

@@ -558,12 +558,12 @@ def test_cli_reads_the_kind_from_the_manifest_and_calls_the_kinds_report(
 
 def test_cli_reports_a_kind_without_report_one_row_per_run(tmp_path: Path) -> None:
     for i in range(2):
-        _summary_run(tmp_path / "runs" / str(i), "lens", 0.1 * i)
+        _summary_run(tmp_path / "runs" / str(i), "spectrum", 0.1 * i)  # a kind eas does not have
     out = tmp_path / "report"
     assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
-    rows = pd.read_csv(out / "lens_runs.csv")
+    rows = pd.read_csv(out / "spectrum_runs.csv")
     assert len(rows) == 2 and list(rows["best.score"]) == [0.0, 0.1] and set(rows["best.layer"]) == {3}
-    assert "lens" in (out / "lens_table.md").read_text()
+    assert "spectrum" in (out / "spectrum_table.md").read_text()
 
 
 def test_cli_tells_the_kind_of_a_run_without_a_manifest_config(grid_dir: Path, tmp_path: Path) -> None:
