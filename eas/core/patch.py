@@ -27,6 +27,7 @@ every architecture, and TransformerLens's and nnsight's patching on GPT-2 and Ll
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -110,8 +111,8 @@ class Readout:
         self.base = None if base is None else torch.log_softmax(base.float().reshape(-1), -1)
 
     def with_base(self, base: Tensor) -> Readout:
-        out = Readout.__new__(Readout)
-        out.index, out.good, out.bad = self.index, self.good, self.bad
+        """The same readout with ``kl`` taken to ``base`` (the unpatched logits ``[vocab]``)."""
+        out = copy.copy(self)
         out.base = torch.log_softmax(base.float().reshape(-1), -1)
         return out
 
@@ -155,6 +156,11 @@ def _ids(row: Sequence[int], device) -> Tensor:
 
 def site_activations(model, sites: SiteMap, row: Sequence[int], layers: Sequence[int], site: str) -> dict[int, Tensor]:
     """One text's site tensor at every position: ``{layer: [pos, d_model]}`` (the model's dtype)."""
+    return _run(model, sites, row, layers, site)[0]
+
+
+def _run(model, sites: SiteMap, row: Sequence[int], layers: Sequence[int], site: str) -> tuple[dict[int, Tensor], Tensor]:
+    """One forward of a text: its site tensors at ``layers`` (``site_activations``) and its last logits ``[vocab]``."""
     seen: dict[int, Tensor] = {}
 
     def keep(layer):
@@ -165,8 +171,8 @@ def site_activations(model, sites: SiteMap, row: Sequence[int], layers: Sequence
     with ExitStack() as stack:
         for layer in set(layers):
             stack.enter_context(hook(sites, layer, site, keep(layer)))
-        model(input_ids=_ids(row, next(model.parameters()).device), use_cache=False, logits_to_keep=1)
-    return seen
+        out = model(input_ids=_ids(row, next(model.parameters()).device), use_cache=False, logits_to_keep=1)
+    return seen, out.logits[0, -1]
 
 
 def _check(model, sites: SiteMap, site: str, target: Sequence[int], patches: Sequence[Patch], value: Value,
@@ -302,7 +308,8 @@ def patch(
     needs = amap is not None
     n = len(target)
     layers = sorted({p.layer for p in patches})
-    src_acts = site_activations(model, sites, source, layers, site) if needs else {}
+    src_acts, src_logits = _run(model, sites, source, layers if needs else [], site) if source is not None \
+        else ({}, None)
 
     # the target run: its logits, and every block's output (what stubbed blocks return)
     blocks = sites.blocks
@@ -316,8 +323,7 @@ def patch(
             h.remove()
     readout = readout.with_base(base_logits)
     result: dict[str, Tensor] = {"target": readout(base_logits[None])}
-    if source is not None:
-        src_logits = model(input_ids=_ids(source, device), use_cache=False, logits_to_keep=1).logits[0, -1]
+    if src_logits is not None:
         result["source"] = readout(src_logits[None])
 
     cache_name = _cache_name(model)

@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 from omegaconf import MISSING, DictConfig
 
+from eas import store
 from eas.config import ConfigError, choice
 from eas.core import patch as P
 from eas.core import stats
@@ -167,8 +168,6 @@ class Mediation(CausalExperiment):
         return out
 
     def store_tables(self, table: pd.DataFrame, per_pair: pd.DataFrame) -> None:
-        from eas import store
-
         store.write_parquet(self.out / "results.parquet", table)
         store.write_parquet(self.out / "effects.parquet", per_pair)
 
