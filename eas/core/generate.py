@@ -38,6 +38,7 @@ from torch import Tensor
 
 from eas.core.engine import _cache_name, _fork
 from eas.core.intervene import add_many, hook
+from eas.core.monitor import Monitor, Trace, watching
 from eas.core.sites import SiteMap
 from eas.core.tokens import pad_left, position_ids
 
@@ -189,7 +190,8 @@ class _Prefix:
     logits: Tensor | None
 
 
-def _prefill(model, token_rows, prompts: list[int], starts: dict[int, int], pad: int, device) -> _Prefix:
+def _prefill(model, token_rows, prompts: list[int], starts: dict[int, int], pad: int, device,
+             monitor: Monitor | None = None) -> _Prefix:
     """Run the prompts' shared prefixes (positions before ``starts[i]``, the earliest steered one)."""
     tail = max(len(token_rows[i]) - starts[i] for i in prompts)
     # a prefix a little shorter than possible, so that every row has `tail` tokens after it
@@ -199,8 +201,13 @@ def _prefill(model, token_rows, prompts: list[int], starts: dict[int, int], pad:
         return _Prefix(shared, tail, {}, None, None, None)
     ids, mask = pad_left([token_rows[i][:shared[i]] for i in ran], pad, device)
     name = _cache_name(model)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True,
-                logits_to_keep=1)
+    with watching(monitor):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True,
+                    logits_to_keep=1)
+    if monitor is not None:
+        proj = monitor.take()
+        for j, i in enumerate(ran):
+            monitor.trace.prefix(i, proj[j, proj.shape[1] - shared[i]:])
     return _Prefix(shared, tail, {i: j for j, i in enumerate(ran)}, getattr(out, name), mask,
                    out.logits[:, -1].float())
 
@@ -214,8 +221,11 @@ def _site_deltas(deltas: dict[int, Tensor], gate: Tensor) -> dict[int, Tensor]:
 
 def _decode(model, sites: SiteMap, site: str, token_rows, rows: list[tuple[int, int]], cells: Sequence[GenCell],
             prefix: _Prefix, windows: dict[int, tuple[int, int]], sampling: Sampling, noise: Tensor | None,
-            stops: Tensor, pad: int, device, dtype) -> list[list[int]]:
-    """Continue ``rows`` (prompt, cell) from the group's prefix: the new tokens of each row, EOS excluded."""
+            stops: Tensor, pad: int, device, dtype, monitor: Monitor | None = None) -> list[list[int]]:
+    """Continue ``rows`` (prompt, cell) from the group's prefix: the new tokens of each row, EOS excluded.
+
+    With a ``monitor``, every position a row runs is projected in the pass that runs it, and
+    the last new token is fed once more so that every returned token has its projections."""
     name = _cache_name(model)
     r = len(rows)
     lengths = torch.tensor([len(token_rows[i]) for i, _ in rows], device=device)
@@ -247,22 +257,29 @@ def _decode(model, sites: SiteMap, site: str, token_rows, rows: list[tuple[int, 
         pos = position_ids(mask)[:, -ids.shape[1]:]
         gate = (pos >= lo[:, None]) & (pos < hi[:, None]) & tail_mask.bool()
         kwargs = {name: cache} if cache is not None else {}
-        with add_many(sites, site, _site_deltas(deltas, gate), position="all"):
+        with add_many(sites, site, _site_deltas(deltas, gate), position="all"), watching(monitor):
             out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
                         **kwargs)
         cache, logits = getattr(out, name), out.logits[:, -1].float()
         del out
+        if monitor is not None:
+            proj = monitor.take()
+            for j, (i, c) in enumerate(rows):
+                monitor.trace.add(c, i, proj[j, proj.shape[1] - (len(token_rows[i]) - prefix.shared[i]):])
 
     new = torch.full((r, sampling.max_new_tokens), -1, dtype=torch.long, device=device)
     live = torch.arange(r, device=device)  # the chunk row of each batch row; finished rows leave
     done = torch.zeros(r, dtype=torch.bool, device=device)  # per batch row
+    steps = None if monitor is None else torch.zeros(r, sampling.max_new_tokens, len(monitor.layers),
+                                                     monitor.n_traits, device=device)
     for t in range(sampling.max_new_tokens):
         tok = pick(logits, sampling, None if u is None else u[live.cpu(), t])
         new[live, t] = tok
         done |= torch.isin(tok, stops)
-        if t + 1 == sampling.max_new_tokens or bool(done.all()):
+        last = t + 1 == sampling.max_new_tokens
+        if (last and monitor is None) or bool(done.all()):
             break
-        if int(done.sum()) * 8 >= len(live):
+        if not last and int(done.sum()) * 8 >= len(live):
             # finished rows would keep costing a full step each: drop them from the batch
             keep = (~done).nonzero()[:, 0]
             cache.batch_select_indices(keep)
@@ -272,12 +289,20 @@ def _decode(model, sites: SiteMap, site: str, token_rows, rows: list[tuple[int, 
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
         pos = (lengths + t)[:, None]  # the position of the token just picked
         gate = (pos >= lo[:, None]) & (pos < hi[:, None])
-        with add_many(sites, site, _site_deltas(deltas, gate), position="all"):
+        with add_many(sites, site, _site_deltas(deltas, gate), position="all"), watching(monitor):
             out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, use_cache=True,
                         logits_to_keep=1, **{name: cache})
         cache, logits = getattr(out, name), out.logits[:, -1].float()
         del out
-    return [_cut(row, stops) for row in new.tolist()]
+        if steps is not None:
+            steps[live, t] = monitor.take()[:, -1]
+        if last:
+            break
+    got = [_cut(row, stops) for row in new.tolist()]
+    if steps is not None:
+        for j, (i, c) in enumerate(rows):
+            monitor.trace.add(c, i, steps[j, :len(got[j])])
+    return got
 
 
 def _cut(row: list[int], stops: Tensor) -> list[int]:
@@ -300,6 +325,7 @@ def generate(
     batch_size: int = 64,
     pad: int = 0,
     progress: Callable[[int], None] | None = None,
+    monitor: Monitor | None = None,
 ) -> list[list[list[int]]]:
     """The continuation of every prompt under every cell: ``[cell][prompt] -> new token ids``.
 
@@ -316,6 +342,9 @@ def generate(
             prompt length plus ``max_new_tokens`` (the rows' key/value cache).
         pad: the padding token id (never attended to).
         progress: called with the number of rows just finished, after each batch.
+        monitor: project every position of every row onto its directions in the passes that
+            run them (``eas.core.monitor``); ``monitor.trace.get(cell, prompt)`` is then
+            ``[len(prompt) + len(new tokens), layer, trait]``.
 
     Raises:
         ValueError: an unknown ``steer_on`` or site, a layer out of range, a vector whose width is
@@ -335,6 +364,8 @@ def generate(
     starts = {i: min(lo, len(token_rows[i])) if any_steered and lo < hi else len(token_rows[i])
               for i, (lo, hi) in windows.items()}
     out: list[list[list[int]]] = [[[] for _ in token_rows] for _ in cells]
+    if monitor is not None:
+        monitor.trace = Trace(len(cells), len(token_rows))
     if not cells or not token_rows:
         return out
     # longest first (an OOM shows early), similar lengths together (little padding); a group's
@@ -345,12 +376,12 @@ def generate(
     per_group = max(1, batch_size // len(cells)) if shares else len(order)
     for g in range(0, len(order), per_group):
         prompts = order[g:g + per_group]
-        prefix = _prefill(model, token_rows, prompts, starts, pad, device)
+        prefix = _prefill(model, token_rows, prompts, starts, pad, device, monitor)
         rows = [(i, c) for i in prompts for c in range(len(cells))]
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             got = _decode(model, sites, site, token_rows, chunk, cells, prefix, windows, sampling, noise, stops,
-                          pad, device, dtype)
+                          pad, device, dtype, monitor)
             for (i, c), ids in zip(chunk, got):
                 out[c][i] = ids
             if progress:
