@@ -246,6 +246,33 @@ def paired_ttest(a: ArrayLike, b: ArrayLike, alternative: Alternative = "two-sid
     )
 
 
+def welch_ttest(a: ArrayLike, b: ArrayLike, alternative: Alternative = "two-sided") -> TestResult:
+    """Welch's t-test of ``mean(a) == mean(b)`` for two independent groups (scipy.stats.ttest_ind,
+    ``equal_var=False``).
+
+    Returns:
+        ``TestResult`` (``test="welch_t"``) with t, its p-value, the Welch-Satterthwaite df and
+        ``mean_diff = mean(a) - mean(b)`` with its two-sided 95% interval; ``n`` is
+        ``n_a + n_b``. Both groups constant: t, p and the interval are NaN.
+
+    Raises:
+        ValueError: a group has fewer than 2 values or a value is not finite.
+    """
+    x = _as_1d(a, "a", min_n=2)
+    y = _as_1d(b, "b", min_n=2)
+    _check_alternative(alternative)
+    mean = float(x.mean() - y.mean())
+    va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    if va + vb == 0:
+        nan = float("nan")
+        return TestResult("welch_t", nan, nan, x.size + y.size, mean, alternative, nan, (nan, nan))
+    res = sps.ttest_ind(x, y, equal_var=False, alternative=alternative)
+    df = float((va + vb) ** 2 / (va ** 2 / (x.size - 1) + vb ** 2 / (y.size - 1)))
+    half = float(sps.t.ppf(0.975, df)) * float(np.sqrt(va + vb))
+    return TestResult("welch_t", float(res.statistic), float(res.pvalue), int(x.size + y.size), mean, alternative,
+                      df, (mean - half, mean + half))
+
+
 def wilcoxon(
     a: ArrayLike,
     b: ArrayLike,
