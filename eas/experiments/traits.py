@@ -40,7 +40,7 @@ import dataclasses
 import itertools
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +73,13 @@ class Config(BaseConfig):
     """The types of ``experiment.*``; the values are in ``conf/experiment/traits.yaml``."""
 
     preset: str = MISSING
-    traits: dict[str, Any] = field(default_factory=dict)  # name -> run dir | vector file | {path, method}
-    conditions: dict[str, Any] = field(default_factory=dict)  # factor (prefill|trigger|system) -> {level: text}
-    steering: dict[str, Any] = field(default_factory=dict)  # level -> {trait, layer, strength} (generation)
+    # the dict fields are null in the yaml (a dict of a struct config takes no new keys): set them whole,
+    # experiment.variants={lora: {adapter: <dir>}}; null is empty
+    traits: dict[str, Any] | None = None  # name -> run dir | vector file | {path, method}
+    conditions: dict[str, Any] | None = None  # factor (prefill|trigger|system) -> {level: text}
+    steering: dict[str, Any] | None = None  # level -> {trait, layer, strength} (generation)
     split_by: str | None = None  # a prompt field: label | category | metadata.<key>
-    variants: dict[str, Any] = field(default_factory=dict)  # name -> model field overrides
+    variants: dict[str, Any] | None = None  # name -> model field overrides
     max_new_tokens: int = 0  # 0: prompt (and prefill) tokens only
     temperature: float = 0.0
     top_p: float = 1.0
@@ -109,6 +111,9 @@ def parse_part(part: str | None) -> tuple[int, int] | None:
 
 def validate(cfg: DictConfig) -> None:
     x = cfg.experiment
+    for name in ("traits", "conditions", "steering", "variants"):
+        if x[name] is None:
+            x[name] = {}
     choice("experiment.score_at", x.score_at, SCORE_AT)
     for factor, levels in x.conditions.items():
         if factor not in FACTORS:
@@ -129,6 +134,13 @@ def validate(cfg: DictConfig) -> None:
     if not 0 < x.alpha < 1:
         raise ConfigError(f"experiment.alpha={x.alpha}: must be in (0, 1)")
     parse_part(x.part)
+    for level, spec in x.steering.items():
+        spec = _params(spec)
+        if set(spec) != {"trait", "layer", "strength"}:
+            raise ConfigError(f"experiment.steering.{level}: give {{trait: <name>, layer: <int>, strength: <float>}}, "
+                              f"got {spec}")
+        if level == "none":
+            raise ConfigError("experiment.steering.none: 'none' is the unsteered level; name the level otherwise")
     if x.steering and x.max_new_tokens == 0:
         raise ConfigError("experiment.steering steers generation; set experiment.max_new_tokens > 0")
     known = {f.name for f in dataclasses.fields(ModelConfig)}
@@ -140,13 +152,6 @@ def validate(cfg: DictConfig) -> None:
         if bad:
             raise ConfigError(f"experiment.variants.{name}: unknown model field(s) {bad}; model fields: "
                               f"{', '.join(sorted(known))}")
-    for level, spec in x.steering.items():
-        spec = _params(spec)
-        if set(spec) != {"trait", "layer", "strength"}:
-            raise ConfigError(f"experiment.steering.{level}: give {{trait: <name>, layer: <int>, strength: <float>}}, "
-                              f"got {spec}")
-        if level == "none":
-            raise ConfigError("experiment.steering.none: 'none' is the unsteered level; name the level otherwise")
 
 
 def prompt_field(p: Prompt, name: str) -> str:
@@ -634,11 +639,18 @@ def _top(comps: pd.DataFrame) -> list[dict]:
     out = []
     for (axis, level), d in comps.groupby(["axis", "level"], sort=True):
         r = d.loc[d.cohens_d.abs().fillna(-1).idxmax()]
-        out.append({k: (None if isinstance(v, float) and math.isnan(v) else v)
+        first = r.get("first_token")
+        r = r.drop(labels=["first_token"], errors="ignore")
+        out.append({"first_token": None if first is None or pd.isna(first) else int(first)}
+                   | {k: (None if isinstance(v, float) and math.isnan(v) else v)
                     for k, v in r.items() if k in ("axis", "level", "reference", "layer", "trait", "group", "variant",
                                                    "paired", "n", "diff", "p", "cohens_d", "auroc", "auroc_low",
                                                    "auroc_high", "first_token")})
     return out
+
+
+def _g(v) -> str:
+    return "n/a" if v is None else f"{v:.3g}"
 
 
 def headline(s: dict) -> list[str]:
@@ -647,10 +659,14 @@ def headline(s: dict) -> list[str]:
              f"score at {s['score_at']})"]
     for c in s["comparisons"]:
         first = "none" if c.get("first_token") is None else f"token {c['first_token']:+d}"
+        if c.get("cohens_d") is None:  # identical sides: no test
+            lines.append(f"  {c['axis']} {c['level']} vs {c['reference']}: no difference (every paired "
+                         f"difference is the same)")
+            continue
         lines.append(f"  {c['axis']} {c['level']} vs {c['reference']}: d={c['cohens_d']:+.2f} AUROC "
-                     f"{c['auroc']:.2f} [{c['auroc_low']:.2f}, {c['auroc_high']:.2f}] p={c['p']:.3g} "
+                     f"{c['auroc']:.2f} [{c['auroc_low']:.2f}, {c['auroc_high']:.2f}] p={_g(c['p'])} "
                      f"(layer {c['layer']}, {c['trait']}); first separating {first}")
-    best = max(s["detection"], key=lambda r: r["auroc"], default=None)
+    best = max(s["detection"], key=lambda r: abs(r["auroc"] - 0.5), default=None)  # either direction separates
     if best:
         lines.append(f"  detection {best['positive']} (n={best['n_pos']}) vs rest (n={best['n_neg']}): AUROC "
                      f"{best['auroc']:.2f} [{best['auroc_low']:.2f}, {best['auroc_high']:.2f}] at layer {best['layer']} "
