@@ -50,7 +50,7 @@ import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from eas import models, store
-from eas.config import ConfigError, ModelConfig, choice
+from eas.config import ConfigError, ModelConfig, PromptsConfig, choice
 from eas.core import generate as gen
 from eas.core import monitor as mon
 from eas.core import stats, tokens
@@ -79,7 +79,9 @@ class Config(BaseConfig):
     conditions: dict[str, Any] | None = None  # factor (prefill|trigger|system) -> {level: text}
     steering: dict[str, Any] | None = None  # level -> {trait, layer, strength} (generation)
     split_by: str | None = None  # a prompt field: label | category | metadata.<key>
+    positive: str | None = None  # the group detection calls positive (and others are compared to); None: the last
     variants: dict[str, Any] | None = None  # name -> model field overrides
+    more_prompts: list[Any] | None = None  # prompt sets appended to ``prompts`` ({name, format, path, labels...})
     max_new_tokens: int = 0  # 0: prompt (and prefill) tokens only
     temperature: float = 0.0
     top_p: float = 1.0
@@ -114,6 +116,15 @@ def validate(cfg: DictConfig) -> None:
     for name in ("traits", "conditions", "steering", "variants"):
         if x[name] is None:
             x[name] = {}
+    if x.more_prompts is None:
+        x.more_prompts = []
+    known_prompts = {f.name for f in dataclasses.fields(PromptsConfig)}
+    for k, spec in enumerate(x.more_prompts):
+        spec = _params(spec)
+        bad = sorted(set(spec) - known_prompts)
+        if bad or "name" not in spec:
+            raise ConfigError(f"experiment.more_prompts[{k}]: " + (f"unknown field(s) {bad}" if bad else "no name")
+                              + f"; a prompt set's fields: {', '.join(sorted(known_prompts))}")
     choice("experiment.score_at", x.score_at, SCORE_AT)
     for factor, levels in x.conditions.items():
         if factor not in FACTORS:
@@ -186,6 +197,12 @@ class Traits(Experiment):
         x = self.x
         self.prompt_set = load_prompts(self.cfg.prompts)
         self.prompts: list[Prompt] = list(self.prompt_set.prompts)
+        self.more_sets = []
+        for spec in x.more_prompts:
+            more = load_prompts(OmegaConf.merge(OmegaConf.structured(PromptsConfig), _params(spec)))
+            self.more_sets.append(more)
+            # an appended set's ids carry its name: ids of two upstream files may collide
+            self.prompts += [dataclasses.replace(p, id=f"{more.name}/{p.id}") for p in more.prompts]
         if x.split_by:
             fields = {"label", "category", "id"}
             if not (x.split_by in fields or x.split_by.startswith("metadata.")):
@@ -245,8 +262,9 @@ class Traits(Experiment):
         return self.write(results)
 
     def data_identity(self) -> dict[str, str]:
+        more = {f"more_prompts_{m.name}": f"{m.fingerprint()} {m.source}" for m in self.more_sets}
         return {**super().data_identity(), "prompts_fingerprint": self.prompt_set.fingerprint(),
-                "prompts_source": self.prompt_set.source}
+                "prompts_source": self.prompt_set.source, **more}
 
     # -- traits, conditions, variants ------------------------------------------------------
     def read_traits(self) -> dict[str, dict[int, torch.Tensor]]:
@@ -430,11 +448,12 @@ class Traits(Experiment):
             gens = pd.DataFrame([{"variant": v, "condition": c, "prompt_id": pid, "text": t}
                                  for (v, c, pid), t in texts.items()])
             store.write_parquet(self.out / "generations.parquet", gens)
-        meta = {**self.meta(), "prompts": self.prompt_set.name, "traits": self.names, "layers": self.layers,
+        meta = {**self.meta(), "prompts": "+".join([self.prompt_set.name, *(m.name for m in self.more_sets)]),
+                "traits": self.names, "layers": self.layers,
                 "preset": x.preset}
         summary = {**meta, "n_prompts": len(self.prompts), "variants": sorted(scores.variant.unique()),
                    "conditions": [c.name for c in self.conditions], "split_by": x.split_by,
-                   "score_at": x.score_at, "bytes_per_token": 2 * len(self.layers) * len(self.names),
+                   "score_at": x.score_at, "per_token": bool(x.per_token), "bytes_per_token": 2 * len(self.layers) * len(self.names),
                    "comparisons": _top(comps), "detection": detection[detection.category == "all"].to_dict("records")
                    if not detection.empty else []}
         summary = self.finish(summary, headline(summary))
@@ -475,7 +494,7 @@ class Traits(Experiment):
         axes = [(f, [lvl for lvl in dict.fromkeys(scores[f])], True) for f in factor_names]
         axes.append(("variant", list(dict.fromkeys(scores.variant)), True))
         if x.split_by:
-            axes.append(("group", sorted(scores.group.unique()), False))
+            axes.append(("group", self.group_order(scores), False))
         for axis, levels, paired in axes:
             if len(levels) < 2:
                 continue
@@ -503,11 +522,23 @@ class Traits(Experiment):
                     out.append(row)
         return pd.DataFrame(out)
 
+    def group_order(self, scores: pd.DataFrame) -> list[str]:
+        """The groups sorted, ``experiment.positive`` last (the reference of comparisons is the first)."""
+        groups = sorted(scores.group.unique())
+        pos = self.x.positive
+        if pos is not None:
+            if pos not in groups:
+                raise ConfigError(f"experiment.positive={pos!r} is not a group of experiment.split_by="
+                                  f"{self.x.split_by} (groups: {', '.join(groups)})")
+            groups = [g for g in groups if g != pos] + [pos]
+        return groups
+
     def detection(self, scores: pd.DataFrame, texts: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Two groups: the AUROC of telling them apart by each (layer, trait) score, overall and per
-        category (the second group sorted is the positive one), and the worst-scored prompts."""
+        category (``experiment.positive``, else the second group sorted, is the positive one), and
+        the worst-scored prompts."""
         x = self.x
-        groups = sorted(scores.group.unique())
+        groups = self.group_order(scores)
         if not x.split_by or len(groups) != 2:
             return pd.DataFrame(), pd.DataFrame()
         neg, pos = groups
@@ -659,13 +690,14 @@ def headline(s: dict) -> list[str]:
              f"score at {s['score_at']})"]
     for c in s["comparisons"]:
         first = "none" if c.get("first_token") is None else f"token {c['first_token']:+d}"
+        first = f"; first separating {first}" if s.get("per_token") else ""
         if c.get("cohens_d") is None:  # identical sides: no test
             lines.append(f"  {c['axis']} {c['level']} vs {c['reference']}: no difference (every paired "
                          f"difference is the same)")
             continue
         lines.append(f"  {c['axis']} {c['level']} vs {c['reference']}: d={c['cohens_d']:+.2f} AUROC "
                      f"{c['auroc']:.2f} [{c['auroc_low']:.2f}, {c['auroc_high']:.2f}] p={_g(c['p'])} "
-                     f"(layer {c['layer']}, {c['trait']}); first separating {first}")
+                     f"(layer {c['layer']}, {c['trait']}){first}")
     best = max(s["detection"], key=lambda r: abs(r["auroc"] - 0.5), default=None)  # either direction separates
     if best:
         lines.append(f"  detection {best['positive']} (n={best['n_pos']}) vs rest (n={best['n_neg']}): AUROC "

@@ -3,6 +3,8 @@ store reuse, parts of a sharded run merging into one table, generation, variants
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -13,6 +15,7 @@ from eas import config as config_mod
 from eas import store
 from eas.cli import CONF_DIR
 from eas.config import ConfigError
+from eas.core import stats
 from eas.core.intervene import hook
 from eas.experiments import traits as traits_job
 from eas.experiments.base import prepare
@@ -158,3 +161,28 @@ def test_split_by_an_unknown_prompt_field(tmp_path):
         _run(tmp_path, "x", "experiment=traits", "experiment.split_by=metadata.colour")
     with pytest.raises(ConfigError, match="not a prompt field"):
         _run(tmp_path, "y", "experiment=traits", "experiment.split_by=colour")
+
+
+SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "samples"
+
+
+@pytest.mark.skipif(not (SAMPLES / "xstest").exists(), reason="../shared/data/samples not beside the checkout")
+def test_harm_detection_over_two_upstream_files(tmp_path):
+    """AdvBench's harmful requests against XSTest's safe prompts, read as they are upstream."""
+    job, s = _run(tmp_path, "harm", "experiment=traits_harm", "prompts.limit=null",
+                  f"prompts.path={SAMPLES / 'advbench' / 'harmful_behaviors.csv'}",
+                  f"experiment.more_prompts=[{{name: xstest, format: xstest, path: "
+                  f"{SAMPLES / 'xstest' / 'xstest_prompts.csv'}, labels: [safe]}}]")
+    scores = pd.read_parquet(tmp_path / "harm" / "scores.parquet")
+    assert set(scores.group) == {"harmful", "safe"} and scores.prompt_id.str.startswith("xstest/").any()
+    det = pd.read_parquet(tmp_path / "harm" / "detection.parquet")
+    row = det[(det.category == "all") & (det.layer == 2)].iloc[0]
+    sub = scores[scores.layer == 2]
+    want = stats.auroc((sub.group == "harmful").to_numpy(), sub.score.to_numpy())
+    assert row.positive == "harmful" and row.auroc == pytest.approx(want)
+    assert row.auroc_low <= row.auroc <= row.auroc_high
+    fails = pd.read_csv(tmp_path / "harm" / "failures.csv")
+    assert set(fails.kind) == {"missed", "false_alarm"} and fails.text.notna().all()
+    assert not (tmp_path / "harm" / "tokens.parquet").exists()  # scores only at scale
+    with pytest.raises(ConfigError, match="experiment.positive='unsafe'"):
+        _run(tmp_path, "bad", "experiment=traits", "experiment.positive=unsafe")
