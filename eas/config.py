@@ -50,6 +50,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     attn_implementation: str | None = None  # None: transformers' default (SDPA where available)
     compile: bool = False  # torch.compile each block's MLP and norms (hook-safe; eas/core/compile.py)
+    adapter: str | None = None  # a peft (LoRA) adapter folder, merged into the weights on load
     layers: Any = field(default_factory=lambda: [8, 14, 20])  # the model's default layer grid
 
 

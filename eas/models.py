@@ -49,6 +49,7 @@ class LoadedModel:
     name: str
     fingerprint: str  # model_fingerprint(): weights + every load-time input that changes the numbers
     load_seconds: float
+    identity: ModelIdentity | None = None  # what the fingerprint is made of (base_weights() reads it)
 
     @property
     def device(self) -> torch.device:
@@ -75,6 +76,16 @@ class ModelIdentity:
     architecture: str | None = None  # source=random: architecture, config and seed are the weights
     random_config: dict[str, Any] | None = None
     seed: int | None = None
+    adapter: str | None = None  # adapter_digest() of the LoRA merged on load; None: the base weights
+
+
+def base_weights(identity: ModelIdentity) -> str:
+    """What names the base weights alone (not the dtype, device or kernel they run in): the base
+    an adapter was trained on must be this one wherever and however the adapter is loaded."""
+    return model_fingerprint(ModelIdentity(
+        identity.source, identity.id, identity.revision, dtype="", device="cpu", attn_implementation="",
+        trust_remote_code=identity.trust_remote_code, architecture=identity.architecture,
+        random_config=identity.random_config, seed=identity.seed))
 
 
 def model_fingerprint(identity: ModelIdentity) -> str:
@@ -280,14 +291,107 @@ def random_model(architecture: str, config: dict[str, Any] | None = None, seed: 
     return model.eval()
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_META = "eas_adapter.json"  # written by experiment=finetune: the base the adapter was trained on
+ADAPTER_WEIGHTS = ("adapter_model*.safetensors", "adapter_model*.bin")
+# adapter_config.json fields that say where the base was or which peft wrote it, not what it computes
+_ADAPTER_PLACE = ("base_model_name_or_path", "revision", "peft_version")
+_ADAPTER_SETS = ("target_modules", "exclude_modules", "modules_to_save")  # sets, saved in any order
+
+
+def adapter_files(folder: str | Path) -> tuple[Path, list[Path]]:
+    """The adapter's config file and weight files, checked before any weights load.
+
+    Raises:
+        ModelError: the folder is missing, or has no ``adapter_config.json`` or no weights.
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        raise ModelError(f"model.adapter={str(folder)!r}: no such folder (a peft adapter folder, e.g. the "
+                         f"adapter/ of an experiment=finetune run)")
+    config = path / ADAPTER_CONFIG
+    if not config.is_file():
+        raise ModelError(f"model.adapter={str(folder)!r} has no {ADAPTER_CONFIG}: not a peft adapter folder "
+                         f"(peft's save_pretrained writes one)")
+    weights = sorted({w for pattern in ADAPTER_WEIGHTS for w in path.glob(pattern)})
+    if not weights:
+        raise ModelError(f"model.adapter={str(folder)!r} has no adapter weights ({' or '.join(ADAPTER_WEIGHTS)})")
+    return config, weights
+
+
+def adapter_digest(folder: str | Path) -> str:
+    """``sha256:<16 hex>`` over the adapter's config and weight bytes: its part of the model
+    fingerprint. Nothing path-dependent: the folder's location and the base's path written in
+    ``adapter_config.json`` are left out (the base is in the fingerprint already)."""
+    import hashlib
+
+    config, weights = adapter_files(folder)
+    h = hashlib.sha256()
+    values = json.loads(config.read_text())
+    for k in _ADAPTER_PLACE:
+        values.pop(k, None)
+    for k in _ADAPTER_SETS:
+        if isinstance(values.get(k), list):
+            values[k] = sorted(values[k])
+    h.update(json.dumps(values, sort_keys=True, default=str).encode())
+    for w in weights:
+        h.update(b"\0" + w.name.encode() + b"\0")
+        with w.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return f"sha256:{h.hexdigest()[:16]}"
+
+
+def merge_adapter(model: nn.Module, folder: str | Path, base: ModelIdentity, base_name: str) -> nn.Module:
+    """The base with the peft adapter in ``folder`` merged into its weights: a plain transformers
+    model again, so sites, hooks and engines see nothing new.
+
+    Raises:
+        ModelError: the adapter was trained on another base (its ``eas_adapter.json`` says which),
+            or peft cannot put it on this one (shapes or target modules do not match).
+    """
+    from peft import PeftModel
+
+    folder = str(folder)
+    config, _ = adapter_files(folder)
+    meta_path = Path(folder) / ADAPTER_META
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        want = meta.get("base_weights")
+        if want is not None and want != base_weights(base):
+            raise ModelError(f"model.adapter={folder!r} was trained on {meta.get('base_name')!r} "
+                             f"({meta.get('base_fingerprint')}); the loaded base is {base_name!r} "
+                             f"({model_fingerprint(base)}): load it on the base it was trained on")
+    trained_on = json.loads(config.read_text()).get("base_model_name_or_path")
+    try:
+        merged = PeftModel.from_pretrained(model, folder, is_trainable=False).merge_and_unload()
+    except (RuntimeError, ValueError, KeyError, OSError) as e:
+        lines = [t.strip() for t in str(e).splitlines() if t.strip()] or [type(e).__name__]
+        first = next((t for t in lines if "mismatch" in t or "not found" in t), lines[0])
+        raise ModelError(f"model.adapter={folder!r} does not fit model {base_name!r} (the adapter was made for "
+                         f"base_model_name_or_path={trained_on!r}): {type(e).__name__}: {first[:300]}") from None
+    return merged.eval()
+
+
 def load(cfg: Any, seed: int = 0) -> LoadedModel:
     """Load the model a ModelConfig describes, in eval mode with its site map.
 
+    With ``model.adapter`` the LoRA adapter in that folder is merged into the base's weights
+    (``merge_adapter``) and its digest joins the fingerprint: an adapted model never shares a
+    store record with its base or with another adapter.
+
     Raises:
         ModelError: a device this machine does not have, quantization on CPU, an unknown
-            architecture, a missing embedded wheel, ``compile=true`` where torch.compile cannot compile.
+            architecture, a missing embedded wheel, ``compile=true`` where torch.compile cannot compile,
+            an adapter folder that is missing or is not for this base.
     """
     t0 = time.perf_counter()
+    adapter = getattr(cfg, "adapter", None)
+    if adapter:
+        digest = adapter_digest(adapter)  # a missing or empty folder fails before the base loads
+        if cfg.quantization != "none":
+            raise ModelError(f"model.adapter={adapter!r} with model.quantization={cfg.quantization}: merging a "
+                             f"LoRA into quantized weights rounds it away; use model.quantization=none")
     device = resolve_device(cfg.device)
     dtype = _dtype(cfg.dtype, device)
     attn = getattr(cfg, "attn_implementation", None)
@@ -309,16 +413,6 @@ def load(cfg: Any, seed: int = 0) -> LoadedModel:
     model.eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    sites = site_map(model)
-    if getattr(cfg, "compile", False):
-        from eas.core.compile import compile_blocks
-
-        try:
-            done = compile_blocks(model, sites)
-        except RuntimeError as e:
-            raise ModelError(str(e)) from e
-        log.info("torch.compile: %d regions (%s) compiled in %.1fs", len(done.regions), ", ".join(done.kinds),
-                 done.seconds)
     identity = ModelIdentity(
         source=cfg.source, id=str(cfg.id or ""), revision=revision, dtype=str(dtype).removeprefix("torch."),
         device=str(next(model.parameters()).device),  # where the weights are (device_map too)
@@ -329,7 +423,21 @@ def load(cfg: Any, seed: int = 0) -> LoadedModel:
         random_config=dict(cfg.random_config) if is_random else None,
         seed=seed if is_random else None,
     )
-    return LoadedModel(model, tok, sites, cfg.name, model_fingerprint(identity), time.perf_counter() - t0)
+    if adapter:
+        model = merge_adapter(model, adapter, identity, cfg.name)
+        identity = dataclasses.replace(identity, adapter=digest)
+        log.info("adapter %s (%s) merged into %s", adapter, digest, cfg.name)
+    sites = site_map(model)
+    if getattr(cfg, "compile", False):
+        from eas.core.compile import compile_blocks
+
+        try:
+            done = compile_blocks(model, sites)
+        except RuntimeError as e:
+            raise ModelError(str(e)) from e
+        log.info("torch.compile: %d regions (%s) compiled in %.1fs", len(done.regions), ", ".join(done.kinds),
+                 done.seconds)
+    return LoadedModel(model, tok, sites, cfg.name, model_fingerprint(identity), time.perf_counter() - t0, identity)
 
 
 def _load_pretrained(cfg: Any, dtype: torch.dtype, device: str):

@@ -91,6 +91,18 @@ def watching(monitor: Monitor | None, stop: bool = False) -> Iterator[None]:
         yield
 
 
+def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one of its own."""
+    n = min(len(r) for r in rows) - 1
+    first = rows[0]
+    for r in rows[1:]:
+        k = 0
+        while k < n and r[k] == first[k]:
+            k += 1
+        n = k
+    return max(0, n)
+
+
 @torch.inference_mode()
 def project(
     model,
@@ -99,26 +111,77 @@ def project(
     batch_size: int = 16,
     pad: int = 0,
     progress: Callable[[int], None] | None = None,
+    min_shared: int = 8,
 ) -> list[Tensor]:
     """Every token's projections: ``[text] -> [n_tokens, layer, trait]`` float32 on the CPU.
 
     One forward per batch (rows sorted by length, left-padded), stopped after the highest
-    monitored layer; padding never changes a row's numbers.
+    monitored layer; padding never changes a row's numbers. Where every row starts with the
+    same ``>= min_shared`` tokens (a chat template's system prompt), that prefix runs once and
+    each batch continues from its key/value cache.
     """
+    from eas.core.engine import _cache_name, _fork
+
     device = next(model.parameters()).device
     out: list[Tensor | None] = [None] * len(token_rows)
-    for batch in batches(token_rows, batch_size, pad, device):
+    if not token_rows:
+        return []
+    shared = _common_prefix(token_rows) if len(token_rows) > 1 else 0
+    cache, head = None, None
+    name = _cache_name(model)
+    if shared >= min_shared:
+        from transformers import DynamicCache
+
+        # passed in, not returned: the forward stops (raises) at the top monitored layer
+        cache = DynamicCache(config=model.config)
+        ids = torch.tensor([list(token_rows[0][:shared])], device=device)
         with watching(monitor, stop=True):
             try:
-                model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                 position_ids=batch.position_ids, use_cache=False)
+                model.base_model(input_ids=ids, use_cache=True, **{name: cache})
+            except _Stop:
+                pass
+        head = monitor.take()[0].cpu()  # [shared, layer, trait]
+    if cache is None:
+        for batch in batches(token_rows, batch_size, pad, device):
+            with watching(monitor, stop=True):
+                try:
+                    model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                     position_ids=batch.position_ids, use_cache=False)
+                except _Stop:
+                    pass
+            got = monitor.take().cpu()
+            for j, i in enumerate(batch.index):
+                out[i] = got[j, got.shape[1] - len(token_rows[i]):]
+            if progress:
+                progress(len(batch.index))
+        return out  # type: ignore[return-value]
+    # each row's own tokens right after the prefix, padding on the right: real tokens stay in
+    # consecutive cache slots (sliding-window attention counts slots), and no real token sees a pad
+    order = sorted(range(len(token_rows)), key=lambda i: -len(token_rows[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        tails = [list(token_rows[i][shared:]) for i in idx]
+        width = len(tails[0])
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros(len(idx), shared + width, dtype=torch.long)
+        mask[:, :shared] = 1
+        for j, t in enumerate(tails):
+            ids[j, :len(t)] = torch.tensor(t)
+            mask[j, shared:shared + len(t)] = 1
+        pos = torch.arange(shared, shared + width).expand(len(idx), -1)
+        fork = _fork(cache)
+        fork.batch_select_indices(torch.zeros(len(idx), dtype=torch.long, device=device))
+        with watching(monitor, stop=True):
+            try:
+                model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                                 use_cache=True, **{name: fork})
             except _Stop:
                 pass
         got = monitor.take().cpu()
-        for j, i in enumerate(batch.index):
-            out[i] = got[j, got.shape[1] - len(token_rows[i]):]
+        for j, i in enumerate(idx):
+            out[i] = torch.cat([head, got[j, :len(tails[j])]])
         if progress:
-            progress(len(batch.index))
+            progress(len(idx))
     return out  # type: ignore[return-value]
 
 

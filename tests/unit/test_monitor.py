@@ -103,3 +103,21 @@ def test_monitor_checks_its_directions(llama):
         M.Monitor(sites, "residual", {})
     with pytest.raises(Exception, match="layer"):
         M.Monitor(sites, "residual", {99: torch.zeros(2, 64)})
+
+
+@pytest.mark.parametrize("site", ["residual", "residual_pre"])
+def test_project_runs_a_shared_prefix_once_and_equals_the_full_forward(tiny, site):
+    _arch, model, sites = tiny
+    head = [1, 70, 71, 72, 73, 74, 75, 76, 77, 78]  # a system prompt every row starts with
+    rows = [head + r[1:] for r in PROMPTS] + [head + [9]]
+    dirs = directions(model, [1, 2])
+    mon = M.Monitor(sites, site, dirs)
+    calls = []
+    with hook(sites, 0, site, lambda h: calls.append(h.shape[-2])):
+        got = M.project(model, mon, rows, batch_size=2, pad=0, min_shared=4)
+    assert calls[0] == len(head)  # the prefix ran once, alone
+    tails = sorted((len(r) - len(head) for r in rows), reverse=True)
+    assert calls[1:] == tails[::2]  # then each batch of two runs only its rows' own tokens
+    for row, g in zip(rows, got):
+        assert g.shape == (len(row), 2, 3)
+        torch.testing.assert_close(g, full_forward(model, sites, site, row, dirs), atol=1e-4, rtol=1e-4)

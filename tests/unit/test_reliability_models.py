@@ -28,7 +28,7 @@ BASE = models.ModelIdentity(
 PERTURBED = {
     "source": "hub", "id": "org/model", "revision": "abc123", "dtype": "bfloat16", "device": "cuda:0",
     "attn_implementation": "eager", "quantization": "4bit", "compile": True, "trust_remote_code": True,
-    "architecture": "gpt2", "random_config": {"hidden_size": 128}, "seed": 1,
+    "architecture": "gpt2", "random_config": {"hidden_size": 128}, "seed": 1, "adapter": "sha256:0123456789abcdef",
 }
 
 
