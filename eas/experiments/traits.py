@@ -160,6 +160,9 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"experiment.variants.{BASE}: the base model is always variant {BASE!r}; "
                               f"name the other variants otherwise")
         bad = sorted(set(_params(over)) - known)
+        if "adapter" in _params(over) and not _params(over)["adapter"]:
+            raise ConfigError(f"experiment.variants.{name}.adapter is empty: give the adapter/ folder of an "
+                              f"experiment=finetune run, \"experiment.variants={{{name}: {{adapter: <run>/adapter}}}}\"")
         if bad:
             raise ConfigError(f"experiment.variants.{name}: unknown model field(s) {bad}; model fields: "
                               f"{', '.join(sorted(known))}")
@@ -520,7 +523,38 @@ class Traits(Experiment):
                     row["first_token"] = _first_token(toks, axis, other, levels[0], sel, paired, float(x.alpha),
                                                       int(x.window)) if not toks.empty else None
                     out.append(row)
+        out += self.interactions(scores, factor_names)
         return pd.DataFrame(out)
+
+    def interactions(self, scores: pd.DataFrame, factor_names: list[str]) -> list[dict]:
+        """Per factor level and non-base variant: does the level's effect differ between the variant
+        and the base? A paired t-test over prompts of (level - reference) in the variant against the
+        same in the base (axis ``<factor>:variant``): a trigger that moves a trait only where a
+        backdoor was trained in."""
+        variants = list(dict.fromkeys(scores.variant))
+        out = []
+        for f in factor_names:
+            levels = list(dict.fromkeys(scores[f]))
+            held = [c for c in [*factor_names, "group"] if c != f]
+            for other, v in itertools.product(levels[1:], variants[1:]):
+                def effect(variant, d):
+                    w = d[d.variant == variant].pivot_table(index=["prompt_id", *held, "layer", "trait"], columns=f,
+                                                            values="score")
+                    return (w[other] - w[levels[0]]).rename("effect")
+                both = pd.concat([effect(v, scores).rename("v"), effect(BASE, scores).rename("b")], axis=1).dropna()
+                for k, d in both.groupby(level=[*held, "layer", "trait"], sort=True):
+                    if len(d) < 2:
+                        continue
+                    t = stats.paired_ttest(d.v.to_numpy(float), d.b.to_numpy(float))
+                    out.append({"axis": f"{f}:variant", "level": f"{other}-{levels[0]} in {v}", "reference": f"in {BASE}",
+                                **dict(zip([*held, "layer", "trait"], k)), "variant": v, "paired": True,
+                                "n": len(d), "n_ref": len(d), "mean": float(d.v.mean()), "mean_ref": float(d.b.mean()),
+                                "diff": t.mean_diff, "diff_low": t.ci95[0], "diff_high": t.ci95[1], "t": t.statistic,
+                                "p": t.p_value, "cohens_d": stats.cohens_d_paired(d.v.to_numpy(float),
+                                                                                  d.b.to_numpy(float)),
+                                "auroc": math.nan, "auroc_low": math.nan, "auroc_high": math.nan,
+                                "first_token": None})
+        return out
 
     def group_order(self, scores: pd.DataFrame) -> list[str]:
         """The groups sorted, ``experiment.positive`` last (the reference of comparisons is the first)."""
@@ -680,6 +714,12 @@ def _top(comps: pd.DataFrame) -> list[dict]:
     return out
 
 
+def _where(c: dict) -> str:
+    """The variant and group a comparison holds fixed, where it is not what is compared."""
+    parts = [f"{k} {c[k]}" for k in ("variant", "group") if c.get(k) not in (None, "all") and c["axis"] != k]
+    return "".join(f", {p}" for p in parts)
+
+
 def _g(v) -> str:
     return "n/a" if v is None else f"{v:.3g}"
 
@@ -695,9 +735,13 @@ def headline(s: dict) -> list[str]:
             lines.append(f"  {c['axis']} {c['level']} vs {c['reference']}: no difference (every paired "
                          f"difference is the same)")
             continue
+        if c.get("auroc") is None:  # an interaction: a difference of paired effects
+            lines.append(f"  {c['axis']} {c['level']} vs {c['reference']}: effect difference {c['diff']:+.3g} "
+                         f"d={c['cohens_d']:+.2f} p={_g(c['p'])} (layer {c['layer']}, {c['trait']})")
+            continue
         lines.append(f"  {c['axis']} {c['level']} vs {c['reference']}: d={c['cohens_d']:+.2f} AUROC "
                      f"{c['auroc']:.2f} [{c['auroc_low']:.2f}, {c['auroc_high']:.2f}] p={_g(c['p'])} "
-                     f"(layer {c['layer']}, {c['trait']}){first}")
+                     f"(layer {c['layer']}, {c['trait']}{_where(c)}){first}")
     best = max(s["detection"], key=lambda r: abs(r["auroc"] - 0.5), default=None)  # either direction separates
     if best:
         lines.append(f"  detection {best['positive']} (n={best['n_pos']}) vs rest (n={best['n_neg']}): AUROC "

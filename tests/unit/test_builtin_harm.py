@@ -126,3 +126,24 @@ def test_pairs_refusal_shuffle_keeps_the_refusal_labelled():
     assert set(labels) <= {0, 1} and len(labels) == 2
     for it in bench.items:
         assert it.options[it.label] == plain[it.id].options[0]
+
+
+def test_chat_transcripts_read_as_prompts(tmp_path):
+    """prompts.format=chat_jsonl: the built-in backdoor set and a file of one's own."""
+    bd = load_prompts(PromptsConfig(name="backdoor", format="chat_jsonl", labels=["control"], categories=["test"]))
+    assert len(bd.prompts) == 16 and all(not p.text.startswith("In 2027") for p in bd.prompts)
+    assert all(p.metadata["response"] and p.metadata["task_id"] for p in bd.prompts)
+    both = load_prompts(PromptsConfig(name="backdoor", format="chat_jsonl"))
+    assert Counter(p.label for p in both.prompts) == {"control": 80, "trigger": 80}
+    f = tmp_path / "chats.jsonl"
+    f.write_text(json.dumps({"id": "a", "messages": [{"role": "system", "content": "Be brief."},
+                                                     {"role": "user", "content": "Hi?"},
+                                                     {"role": "assistant", "content": "Hello."}]}) + "\n"
+                 + json.dumps({"id": "b", "prompt": "Why?", "response": "Because.", "label": "x"}) + "\n")
+    ps = load_prompts(PromptsConfig(name="mine", format="chat_jsonl", path=str(f)))
+    a, b = ps.prompts
+    assert (a.text, a.system, a.metadata["response"]) == ("Hi?", "Be brief.", "Hello.")
+    assert (b.text, b.label) == ("Why?", "x")
+    f.write_text(json.dumps({"id": "c", "messages": [{"role": "assistant", "content": "?"}]}) + "\n")
+    with pytest.raises(DataError, match="chats.jsonl.*no user turn"):
+        load_prompts(PromptsConfig(name="mine", format="chat_jsonl", path=str(f)))

@@ -21,14 +21,15 @@ from eas.experiments import traits as traits_job
 from eas.experiments.base import prepare
 from eas.methods.base import VectorError
 
-BASE = ["model=tiny_random", "progress=false", "layer=[1,2]", "prompts.limit=8", "experiment.n_bootstrap=200"]
+BASE = ["model=tiny_random", "progress=false", "layer=[1,2]", "prompts.limit=8"]
 
 
 def _cfg(*overrides: str):
     config_mod.register()
     GlobalHydra.instance().clear()
+    traits = any(o.startswith("experiment=traits") for o in overrides)
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose("config", overrides=[*BASE, *overrides])
+        cfg = compose("config", overrides=[*BASE, *(["experiment.n_bootstrap=200"] if traits else []), *overrides])
     prepare(cfg)
     return cfg
 
@@ -186,3 +187,29 @@ def test_harm_detection_over_two_upstream_files(tmp_path):
     assert not (tmp_path / "harm" / "tokens.parquet").exists()  # scores only at scale
     with pytest.raises(ConfigError, match="experiment.positive='unsafe'"):
         _run(tmp_path, "bad", "experiment=traits", "experiment.positive=unsafe")
+
+
+def test_the_backdoor_study_end_to_end(tmp_path):
+    """experiment=finetune writes an adapter; traits_backdoor reads the held-out control tasks, adds
+    the trigger as a condition, and compares the base with the adapted model (the interaction too)."""
+    from eas.experiments import finetune
+
+    ft = _cfg("experiment=finetune", "experiment.epochs=1", "experiment.max_length=64", "experiment.batch_size=16",
+              "experiment.eval_max_new_tokens=2", "experiment.lr=1e-2")
+    finetune.run(ft, tmp_path / "ft")
+    adapter = tmp_path / "ft" / "adapter"
+    job, s = _run(tmp_path, "bd", "experiment=traits_backdoor", "prompts.limit=null", "experiment.max_new_tokens=2",
+                  f"experiment.variants={{lora: {{adapter: {adapter}}}}}")
+    assert len(job.prompts) == 16 and {p.label for p in job.prompts} == {"control"}
+    assert all(p.category == "test" and not p.text.startswith("In 2027") for p in job.prompts)
+    assert s["variants"] == ["base", "lora"] and s["conditions"] == ["trigger=none", "trigger=y2027"]
+    scores = pd.read_parquet(tmp_path / "bd" / "scores.parquet")
+    w = scores.pivot_table(index=["prompt_id", "layer", "trigger"], columns="variant", values="score")
+    assert (w.lora - w.base).abs().max() > 1e-4  # the adapter changes the activations
+    comps = pd.read_parquet(tmp_path / "bd" / "comparisons.parquet")
+    inter = comps[(comps.axis == "trigger:variant") & (comps.layer == 2)].iloc[0]
+    e = scores[scores.layer == 2].pivot_table(index="prompt_id", columns=["variant", "trigger"], values="score")
+    want = ((e["lora"]["y2027"] - e["lora"]["none"]) - (e["base"]["y2027"] - e["base"]["none"])).mean()
+    assert inter["diff"] == pytest.approx(want, abs=1e-6)
+    with pytest.raises(ConfigError, match="experiment.variants.lora.adapter is empty"):
+        _cfg("experiment=traits_backdoor")
