@@ -160,9 +160,6 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"experiment.variants.{BASE}: the base model is always variant {BASE!r}; "
                               f"name the other variants otherwise")
         bad = sorted(set(_params(over)) - known)
-        if "adapter" in _params(over) and not _params(over)["adapter"]:
-            raise ConfigError(f"experiment.variants.{name}.adapter is empty: give the adapter/ folder of an "
-                              f"experiment=finetune run, \"experiment.variants={{{name}: {{adapter: <run>/adapter}}}}\"")
         if bad:
             raise ConfigError(f"experiment.variants.{name}: unknown model field(s) {bad}; model fields: "
                               f"{', '.join(sorted(known))}")
@@ -198,6 +195,10 @@ class Rows:
 class Traits(Experiment):
     def run(self) -> dict[str, Any]:
         x = self.x
+        for name, over in x.variants.items():  # a preset may leave it to the command line (traits_backdoor)
+            if "adapter" in _params(over) and not _params(over)["adapter"]:
+                raise ConfigError(f"experiment.variants.{name}.adapter is empty: give the adapter/ folder of an "
+                                  f"experiment=finetune run, \"experiment.variants={{{name}: {{adapter: <run>/adapter}}}}\"")
         self.prompt_set = load_prompts(self.cfg.prompts)
         self.prompts: list[Prompt] = list(self.prompt_set.prompts)
         self.more_sets = []

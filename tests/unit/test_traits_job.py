@@ -212,4 +212,4 @@ def test_the_backdoor_study_end_to_end(tmp_path):
     want = ((e["lora"]["y2027"] - e["lora"]["none"]) - (e["base"]["y2027"] - e["base"]["none"])).mean()
     assert inter["diff"] == pytest.approx(want, abs=1e-6)
     with pytest.raises(ConfigError, match="experiment.variants.lora.adapter is empty"):
-        _cfg("experiment=traits_backdoor")
+        _run(tmp_path, "no_adapter", "experiment=traits_backdoor")
