@@ -245,15 +245,15 @@ class Traits(Experiment):
                 continue
             self.use_variant(vname, over)
             monitor = mon.Monitor(self.lm.sites, self.site, self.directions)
-            by_cond = {c: self.condition_rows(c) for c in self.conditions}
             for cond, start, mine in plan:
                 idx = list(range(start, min(start + int(x.shard_size), len(self.prompts))))
-                k = self.shard_key(cond, by_cond[cond], idx)
+                rows = self.condition_rows(cond, idx)  # per shard: token rows never pile up
+                k = self.shard_key(cond, rows, idx)
                 rec = self.store.get_tensors("traits", k)
                 if rec is None and not mine:
                     continue
                 if rec is None:
-                    rec = self.compute(monitor, cond, by_cond[cond], idx)
+                    rec = self.compute(monitor, cond, rows, idx)
                     self.store.put_tensors("traits", k, rec)
                     todo += 1
                 else:
@@ -314,14 +314,15 @@ class Traits(Experiment):
             self.lm.sites.check_layer(L)
         log.info("variant %s: %s loaded", name, self.lm.fingerprint)
 
-    def condition_rows(self, cond: Condition) -> Rows:
+    def condition_rows(self, cond: Condition, idx: list[int]) -> Rows:
+        """The token rows of prompts ``idx`` under ``cond`` (``rows[j]`` is prompt ``idx[j]``'s)."""
         x = self.x
         levels = {f: _params(x.conditions[f]) for f in FACTORS if f in x.conditions}
         text_of = {f: str(levels[f][cond.get(f)] or "") for f in levels}
         rows, n_prompt = [], []
         tok = self.lm.tokenizer
         limit = getattr(self.lm.model.config, "max_position_embeddings", None)
-        for p in self.prompts:
+        for p in (self.prompts[i] for i in idx):
             user = f"{text_of['trigger']} {p.text}".strip() if text_of.get("trigger") else p.text
             system = "\n\n".join(t for t in (self.cfg.prompt.system, p.system, text_of.get("system")) if t)
             head = self.prompter.generation(user, system or None)
@@ -359,8 +360,8 @@ class Traits(Experiment):
         decode = [] if x.max_new_tokens == 0 else [int(x.max_new_tokens), float(x.temperature), float(x.top_p),
                                                    self.seed, self.eos]
         keep = ["per_token"] if x.per_token else ["score_at", x.score_at]
-        return store.key("traits", self.lm.fingerprint, [(self.prompts[i].id, rows.rows[i], rows.n_prompt[i])
-                                                         for i in idx],
+        return store.key("traits", self.lm.fingerprint, [(self.prompts[i].id, rows.rows[j], rows.n_prompt[j])
+                                                         for j, i in enumerate(idx)],
                          self.site, self.layers, self.dir_id, decode, steer, keep)
 
     @property
@@ -373,7 +374,7 @@ class Traits(Experiment):
     def compute(self, monitor: mon.Monitor, cond: Condition, rows: Rows, idx: list[int]) -> dict[str, torch.Tensor]:
         """One shard's record: per token projections (float16) with the tokens, or per prompt scores."""
         x = self.x
-        token_rows = [rows.rows[i] for i in idx]
+        token_rows = rows.rows
         if x.max_new_tokens == 0:
             proj = self.oom_safe(lambda bs: mon.project(self.lm.model, monitor, token_rows, bs, self.pad))
             new = [[] for _ in idx]
@@ -391,11 +392,11 @@ class Traits(Experiment):
             if not torch.isfinite(p).all() or p.abs().max() > FLOAT16_MAX:
                 raise NonFiniteProjection(f"projections are NaN, infinite or beyond float16 in {where} "
                                           f"(model.dtype={self.cfg.model.dtype}); nothing of it is stored")
-        n_prompt = torch.tensor([rows.n_prompt[i] for i in idx])
-        n_read = torch.tensor([len(rows.rows[i]) for i in idx])
+        n_prompt = torch.tensor(rows.n_prompt)
+        n_read = torch.tensor([len(r) for r in rows.rows])
         lengths = torch.tensor([len(p) for p in proj])
         if x.per_token:
-            toks = torch.tensor([t for j, i in enumerate(idx) for t in rows.rows[i] + new[j]], dtype=torch.long)
+            toks = torch.tensor([t for j in range(len(idx)) for t in rows.rows[j] + new[j]], dtype=torch.long)
             return {"proj": torch.cat(proj).half(), "tokens": toks, "lengths": lengths, "n_prompt": n_prompt,
                     "n_read": n_read}
         scores = torch.stack([_reduce(p, int(a), int(b), x.score_at) for p, a, b in zip(proj, n_prompt, n_read)])
@@ -412,30 +413,43 @@ class Traits(Experiment):
     def write(self, results) -> dict[str, Any]:
         x = self.x
         factor_names = [f for f, _ in self.conditions[0].levels]
-        score_rows, tok_frames, texts = [], [], {}
+        frames, tok_frames, texts = [], [], {}
         tok = self.base_lm.tokenizer
+        nl, nt = len(self.layers), len(self.names)
         for vname, cond, idx, rec in results:
-            offs = np.concatenate([[0], np.cumsum(rec["lengths"].numpy())])
             levels = dict(cond.levels)
-            for j, i in enumerate(idx):
-                a, b = int(rec["n_prompt"][j]), int(rec["n_read"][j])
-                if "proj" in rec:
+            n_read = rec["n_read"].numpy()
+            lengths = rec["lengths"].numpy()
+            if "proj" in rec:
+                offs = np.concatenate([[0], np.cumsum(lengths)])
+                score = np.empty((len(idx), nl, nt), dtype=np.float32)
+                for j, i in enumerate(idx):
+                    a, b = int(rec["n_prompt"][j]), int(n_read[j])
                     p = rec["proj"][offs[j]:offs[j + 1]].float()
-                    score = _reduce(p, a, b, x.score_at).numpy()
+                    score[j] = _reduce(p, a, b, x.score_at).numpy()
                     ids = rec["tokens"][offs[j]:offs[j + 1]].tolist()
                     tok_frames.append(self.token_frame(vname, levels, i, p, ids, a, b))
-                    new_ids = ids[b:]
-                else:
-                    score = rec["scores"][j].numpy()
-                    new_ids = []
-                p_ = self.prompts[i]
-                texts[(vname, cond.name, p_.id)] = tok.decode(new_ids, skip_special_tokens=True) if new_ids else ""
-                for li, L in enumerate(self.layers):
-                    for ti, t in enumerate(self.names):
-                        score_rows.append({"variant": vname, **levels, "condition": cond.name, "prompt_id": p_.id,
-                                           "group": self.groups[i], "category": p_.category, "label": p_.label,
-                                           "layer": L, "trait": t, "score": float(score[li, ti])})
-        scores = pd.DataFrame(score_rows)
+                    if len(ids) > b:
+                        texts[(vname, cond.name, self.prompts[i].id)] = tok.decode(ids[b:], skip_special_tokens=True)
+            else:
+                score = rec["scores"].numpy()
+                new, n_new = rec["new"].tolist(), lengths - n_read
+                offs = np.concatenate([[0], np.cumsum(n_new)])
+                for j, i in enumerate(idx):
+                    if n_new[j] > 0:
+                        texts[(vname, cond.name, self.prompts[i].id)] = tok.decode(new[offs[j]:offs[j + 1]],
+                                                                                   skip_special_tokens=True)
+            ps = [self.prompts[i] for i in idx]
+            rep = nl * nt
+            frames.append(pd.DataFrame({
+                "variant": vname, **levels, "condition": cond.name,
+                "prompt_id": np.repeat([p.id for p in ps], rep), "group": np.repeat([self.groups[i] for i in idx], rep),
+                "category": np.repeat([p.category for p in ps], rep), "label": np.repeat([p.label for p in ps], rep),
+                "layer": np.tile(np.repeat(self.layers, nt), len(idx)), "trait": np.tile(self.names, len(idx) * nl),
+                "score": score.reshape(-1).astype(float)}))
+        scores = pd.concat(frames, ignore_index=True)
+        for c in ("variant", *factor_names, "condition", "group", "category", "label", "trait"):
+            scores[c] = scores[c].astype(str)
         store.write_parquet(self.out / "scores.parquet", scores)
         toks = pd.concat(tok_frames, ignore_index=True) if tok_frames else pd.DataFrame()
         if not toks.empty:

@@ -213,3 +213,17 @@ def test_the_backdoor_study_end_to_end(tmp_path):
     assert inter["diff"] == pytest.approx(want, abs=1e-6)
     with pytest.raises(ConfigError, match="experiment.variants.lora.adapter is empty"):
         _run(tmp_path, "no_adapter", "experiment=traits_backdoor")
+
+
+def test_scores_only_keep_the_generated_texts(tmp_path):
+    runs = {}
+    for per_token in ("true", "false"):
+        _run(tmp_path, per_token, "experiment=traits", "prompts.limit=4", "experiment.max_new_tokens=3",
+             "experiment.score_at=response", f"experiment.per_token={per_token}")
+        runs[per_token] = tmp_path / per_token
+    a = pd.read_parquet(runs["true"] / "generations.parquet")
+    b = pd.read_parquet(runs["false"] / "generations.parquet")
+    assert len(a) == 4 and (a.text.str.len() > 0).all()
+    pd.testing.assert_frame_equal(a, b)
+    sa, sb = (pd.read_parquet(r / "scores.parquet") for r in runs.values())
+    assert sb.score.to_numpy() == pytest.approx(sa.score.to_numpy(), abs=2e-3, rel=2e-3)
