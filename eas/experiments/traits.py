@@ -75,7 +75,7 @@ class Config(BaseConfig):
     preset: str = MISSING
     # the dict fields are null in the yaml (a dict of a struct config takes no new keys): set them whole,
     # experiment.variants={lora: {adapter: <dir>}}; null is empty
-    traits: dict[str, Any] | None = None  # name -> run dir | vector file | {path, method}
+    traits: dict[str, Any] | None = None  # name -> run dir | vector file | {path, method} | {store: {layer: key}}
     conditions: dict[str, Any] | None = None  # factor (prefill|trigger|system) -> {level: text}
     steering: dict[str, Any] | None = None  # level -> {trait, layer, strength} (generation)
     split_by: str | None = None  # a prompt field: label | category | metadata.<key>
@@ -277,6 +277,9 @@ class Traits(Experiment):
         out = {}
         for name, spec in self.x.traits.items():
             spec = {"path": spec} if isinstance(spec, str) else _params(spec)
+            if "store" in spec:
+                out[name] = self.stored_trait(name, spec["store"], d)
+                continue
             path = Path(str(spec.get("path", "")))
             method = spec.get("method") or _method_of(path, self.site, f"experiment.traits.{name}")
             want = methods.Expected(method, self.site, self.position, self.layers, self.lm.name, d)
@@ -285,6 +288,27 @@ class Traits(Experiment):
             train = self.unsteered(["train"])["train"]
             out[self.method] = self.vectors(train)
             self.write_vectors(out[self.method])
+        return out
+
+    def stored_trait(self, name: str, keys: Any, d: int) -> dict[int, torch.Tensor]:
+        """A trait from store records of kind ``vectors``: ``{store: {layer: key}}``. A vector key
+        hashes the model fingerprint it was made on, but the record cannot say which: only its
+        width is checked here; a run dir's files are checked for model and site too."""
+        field_name = f"experiment.traits.{name}.store"
+        if not isinstance(keys, dict):
+            raise ConfigError(f"{field_name}: give {{layer: <key of a vectors record>}} for every layer of {self.layers}")
+        keys = {int(k): str(v) for k, v in keys.items()}
+        missing = [L for L in self.layers if L not in keys]
+        if missing:
+            raise methods.VectorError(f"{field_name}: no key for layer={missing} (has layers {sorted(keys)})")
+        out = {}
+        for L in self.layers:
+            rec = self.store.get_tensors("vectors", keys[L])
+            if rec is None or "vector" not in rec:
+                raise methods.VectorError(f"{field_name}.{L}={keys[L]!r}: no vectors record with that key in "
+                                          f"{self.store.root}")
+            methods.check_width(rec["vector"], d, f"{field_name}.{L}")
+            out[L] = rec["vector"].float()
         return out
 
     def crossed(self) -> list[Condition]:

@@ -227,3 +227,34 @@ def test_scores_only_keep_the_generated_texts(tmp_path):
     pd.testing.assert_frame_equal(a, b)
     sa, sb = (pd.read_parquet(r / "scores.parquet") for r in runs.values())
     assert sb.score.to_numpy() == pytest.approx(sa.score.to_numpy(), abs=2e-3, rel=2e-3)
+
+
+def test_traits_from_store_keys(tmp_path):
+    src, _ = _run(tmp_path, "src", "experiment=traits")
+    keys = {L: store.key("vector", src.base_key, src.method, src.position, src.site, L, src.cfg.method.normalize,
+                         src.cfg.method.min_per_class) for L in (1, 2)}
+    spec = "{" + ", ".join(f"{L}: {k}" for L, k in keys.items()) + "}"
+    job, _ = _run(tmp_path, "keyed", "experiment=traits", f"experiment.traits={{refusal: {{store: {spec}}}}}")
+    torch.testing.assert_close(job.trait_vectors["refusal"][2], src.trait_vectors["response_diff"][2])
+    with pytest.raises(VectorError, match="store.1='nokey'"):
+        _run(tmp_path, "bad", "experiment=traits", "experiment.traits={x: {store: {1: nokey, 2: nokey}}}")
+    with pytest.raises(VectorError, match="no key for layer=\\[2\\]"):
+        _run(tmp_path, "bad2", "experiment=traits", f"experiment.traits={{x: {{store: {{1: {keys[1]}}}}}}}")
+
+
+def test_a_killed_run_keeps_its_shards_and_the_rerun_computes_only_the_rest(tmp_path, monkeypatch):
+    overrides = ["experiment=traits_prefill", "experiment.shard_size=2"]
+    real, calls = traits_job.Traits.compute, []
+
+    def dies_on_the_third(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the job is killed mid-run
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(traits_job.Traits, "compute", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "killed", *overrides)
+    monkeypatch.setattr(traits_job.Traits, "compute", real)
+    job, _ = _run(tmp_path, "resumed", *overrides)
+    assert job.store.tally("traits") == (2, 6)
