@@ -21,7 +21,7 @@ logit difference ``good - bad`` from the corrupted value toward the clean one.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,9 @@ PAIRS = ("swap", "prompt")
 ALIGN = ("index", "end")
 SPLITS = ("train", "val", "test", "all")
 METRICS = ("logit_diff", "p_good", "pick", "top", "kl")
+# named token roles of a target prompt (``Pair.roles``): the clean answer's option text, the
+# question, every option's text, and the item's ``metadata["subject"]`` inside the question
+ROLES = ("answer", "question", "options", "subject")
 
 
 @dataclass
@@ -93,6 +96,7 @@ class Pair:
     good: int
     bad: int
     n_options: int
+    roles: dict[str, tuple[int, ...]] = field(default_factory=dict, compare=False, hash=False)  # target positions
 
 
 def swapped(item: MCItem) -> MCItem:
@@ -121,7 +125,8 @@ class CausalExperiment(Experiment):
             src_rows = self.mc_rows(items)
             tgt_items = [swapped(it) for it in items]
             tgt_rows = self.mc_rows(tgt_items)
-            return self.checked([Pair(it.id, s, t, it.label, ti.label, len(it.options))
+            return self.checked([Pair(it.id, s, t, it.label, ti.label, len(it.options),
+                                      self.token_roles(self.prompter, ti, t))
                                  for it, ti, s, t in zip(items, tgt_items, src_rows, tgt_rows)])
         p = self.cfg.prompt
         source = Prompter(self.lm.tokenizer, p.format, x.source_system, p.instruction)
@@ -135,8 +140,45 @@ class CausalExperiment(Experiment):
         for it, s, t, sc in zip(items, src_rows, tgt_rows, scores):
             sc = sc.clone()
             sc[it.label] = float("-inf")
-            out.append(Pair(it.id, s, t, it.label, int(sc.argmax()), len(it.options)))
+            out.append(Pair(it.id, s, t, it.label, int(sc.argmax()), len(it.options), self.token_roles(target, it, t)))
         return self.checked(out)
+
+    def token_roles(self, prompter: Prompter, item: MCItem, row: list[int]) -> dict[str, tuple[int, ...]]:
+        """``ROLES`` as token positions of ``row`` (the item's prompt), found by character offsets; a
+        role the prompt does not show (an item without a subject) is absent, and all are absent
+        where the tokenizer gives no offsets or tokenises the text otherwise."""
+        text = prompter.mc(item)
+        try:
+            enc = self.lm.tokenizer(text, add_special_tokens=prompter.add_special_tokens, return_offsets_mapping=True)
+        except (NotImplementedError, ValueError):  # a slow tokenizer has no offsets
+            return {}
+        if list(enc["input_ids"]) != list(row):
+            return {}
+        offsets = [tuple(o) for o in enc["offset_mapping"]]
+
+        def covering(a: int, b: int) -> tuple[int, ...]:
+            return tuple(j for j, (s, e) in enumerate(offsets) if e > s and e > a and s < b)
+
+        roles: dict[str, tuple[int, ...]] = {}
+        q = text.find(item.question)
+        if q < 0:
+            return roles
+        cursor = q + len(item.question)
+        roles["question"] = covering(q, cursor)
+        subject = str(item.metadata.get("subject") or "")
+        k = item.question.find(subject) if subject else -1
+        if k >= 0:
+            roles["subject"] = covering(q + k, q + k + len(subject))
+        spans = []
+        for opt in item.options:
+            a = text.find(opt, cursor)
+            if a < 0:
+                return roles
+            spans.append((a, a + len(opt)))
+            cursor = a + len(opt)
+        roles["options"] = tuple(sorted({j for a, b in spans for j in covering(a, b)}))
+        roles["answer"] = covering(*spans[item.label])
+        return {r: v for r, v in roles.items() if v}
 
     def checked(self, pairs: list[Pair]) -> list[Pair]:
         """The pairs, once every one aligns under ``experiment.align`` (else a DataError naming them)."""

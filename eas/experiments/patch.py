@@ -17,7 +17,9 @@
    rate (pairs whose answer moves from the corrupted run's) with its Wilson interval, the mean KL
    to the unpatched run; the strongest layer (the earliest within 1% of the largest mean effect)
    and the verdict at it: the change rate's interval
-   at or above ``experiment.threshold`` PASS, below it FAIL, else INCONCLUSIVE (``premortem3``).
+   at or above ``experiment.threshold`` PASS, below it FAIL, else INCONCLUSIVE
+   (``eas.experiments.verdicts``; with ``experiment.premortem=3``, as ``premortem3`` sets, also
+   ``pm3.json`` and ``pm3_summary.md``).
 
 Writes ``results.parquet`` (per layer), ``patches.parquet`` (per pair and patch), ``figures/``,
 ``summary.json`` and ``manifest.json``.
@@ -37,11 +39,11 @@ from eas import store
 from eas.config import ConfigError, choice
 from eas.core import patch as P
 from eas.data.schema import DataError
-from eas.experiments import causal
+from eas.experiments import causal, verdicts
 from eas.experiments.causal import CausalExperiment
 
 GRIDS = ("layer", "layer_position")
-SPANS = ("last", "differing", "all")
+SPANS = ("last", "differing", "all", *causal.ROLES)
 
 
 @dataclass
@@ -49,11 +51,13 @@ class Config(causal.Config):
     """The types of ``experiment.*``; the values are in ``conf/experiment/patch.yaml``."""
 
     grid: str = MISSING  # layer | layer_position
-    span: str = MISSING  # what a layer's patch writes: last | differing | all (aligned positions)
+    span: str = MISSING  # what a layer's patch writes: last | differing | all (aligned positions) | a token role
+    # (answer | question | options | subject: the target prompt's tokens of that part, causal.ROLES)
     positions: int | None = None  # layer_position: the last k aligned positions (null: all of them)
     all_layers: bool = MISSING  # every block of the model; false: the ``layer`` list
     attribution: bool = MISSING  # attribution patching over the (layer, position) grid too
     threshold: float = MISSING  # the change rate the verdict tests
+    premortem: int | None = None  # 3 (conf/experiment/premortem3.yaml): write pm3.json and pm3_summary.md
 
 
 def validate(cfg: DictConfig) -> None:
@@ -129,6 +133,18 @@ class Patching(CausalExperiment):
             return aligned
         if self.x.span == "last":
             return (len(pair.target) - 1,)
+        if self.x.span in causal.ROLES:
+            role = pair.roles.get(self.x.span)
+            if not role:
+                need = " (a 'subject' string in the item's metadata, inside its question)" \
+                    if self.x.span == "subject" else ""
+                raise DataError(f"item {pair.item!r}: its prompt has no {self.x.span} tokens{need}; "
+                                f"experiment.span={self.x.span} needs them on every pair")
+            outside = [q for q in role if q not in set(aligned)]
+            if outside:
+                raise DataError(f"item {pair.item!r}: {self.x.span} tokens at {outside} have no aligned source "
+                                f"position under experiment.align={self.x.align}")
+            return role
         amap = P.align(len(pair.target), len(pair.source), self.x.align)
         diff = tuple(q for q in aligned if pair.target[q] != pair.source[amap[q]])
         if not diff:
@@ -177,8 +193,8 @@ class Patching(CausalExperiment):
         if best is not None:
             verdict = {"threshold": float(x.threshold), "layer": int(best["layer"]),
                        "change_rate": best["change_rate"], "low": best["change_low"], "high": best["change_high"],
-                       "verdict": causal.threshold_verdict(best["change_low"], best["change_high"],
-                                                           float(x.threshold))}
+                       "verdict": verdicts.verdict(best["change_rate"], best["change_low"], best["change_high"],
+                                                   float(x.threshold))}
         summary = {**meta, "n_pairs": len(pairs), "informative_pairs": informative, "layers": layers,
                    "strongest_layer": None if best is None else {
                        k: (int(v) if k in ("layer", "pairs") else float(v)) for k, v in best.items()},
@@ -186,6 +202,11 @@ class Patching(CausalExperiment):
         if verdict is not None:
             store.write_json(self.out / "verdict.json", verdict)
         summary = self.finish(summary, headline(summary))
+        if x.premortem:
+            v = verdict or {"layer": None, "change_rate": float("nan"), "low": float("nan"), "high": float("nan")}
+            verdicts.write_premortem(self.out, int(x.premortem), f"change rate at the strongest layer (L{v['layer']})",
+                                     v["change_rate"], v["low"], v["high"], float(x.threshold), summary["seconds"],
+                                     self.lm.name, self.bench.name, pairs=len(pairs), informative_pairs=informative)
         from eas.report.causal import write_patch_figures
 
         self.figures(write_patch_figures, table, heat, self.out / "figures")

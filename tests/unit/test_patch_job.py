@@ -141,3 +141,26 @@ def test_a_layer_beyond_the_model_fails_before_any_patch(tmp_path):
     with pytest.raises(models.ModelError if hasattr(models, "ModelError") else Exception, match="layer=9"):
         patch_job.run(cfg, tmp_path / "run")
     assert not (tmp_path / "store" / "patches").exists()
+
+
+def test_named_token_roles_are_the_tokens_of_those_parts(tmp_path):
+    cfg = _cfg("experiment=patch", "experiment.span=answer")
+    job = _job(patch_job.Patching, cfg, tmp_path / "roles")
+    pairs = job.pairs()
+    tok = job.lm.tokenizer
+    for pair, it in zip(pairs, job.items()):
+        answer = tok.decode([pair.target[q] for q in pair.roles["answer"]])
+        assert it.options[it.label].strip() in answer  # the clean answer's text, where the target shows it
+        assert set(pair.roles["answer"]) <= set(pair.roles["options"])
+        assert max(pair.roles["question"]) < min(pair.roles["options"])
+        assert it.question.split()[0] in tok.decode([pair.target[q] for q in pair.roles["question"]])
+        assert "subject" not in pair.roles  # eas_facts items name no subject
+    s = patch_job.run(cfg, tmp_path / "run")
+    df = pd.read_parquet(tmp_path / "run" / "patches.parquet")
+    # the answer span at the last block: only the option's tokens change, the last position's output
+    # is the target's own there (a patch at positions before the last cannot reach block 3's last output)
+    last = df[(df.patch_position == "span") & (df.layer == 3)]
+    assert last.logit_diff.to_numpy() == pytest.approx(last.target_logit_diff.to_numpy(), abs=1e-5)
+    assert s["n_pairs"] == 5
+    with pytest.raises(Exception, match="no subject tokens.*metadata"):
+        patch_job.run(_cfg("experiment=patch", "experiment.span=subject"), tmp_path / "subject")
