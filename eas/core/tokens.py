@@ -76,3 +76,12 @@ def pad_id(tokenizer) -> int:
     if pid is None:
         pid = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     return int(pid)
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a reply: the model's ``generation_config.eos_token_id`` (one or a list)
+    and the tokenizer's EOS, sorted."""
+    eos = model.generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    tok_eos = tokenizer.eos_token_id
+    return sorted({*eos, *([tok_eos] if tok_eos is not None else [])})

@@ -214,10 +214,7 @@ class Generate(Experiment):
 
     @property
     def eos(self) -> list[int]:
-        eos = self.lm.model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        tok_eos = self.lm.tokenizer.eos_token_id
-        return sorted({*eos, *([tok_eos] if tok_eos is not None else [])})
+        return tokens.eos_ids(self.lm.model, self.lm.tokenizer)
 
     def fits(self, n: int):
         def check(rec: dict) -> bool:

@@ -390,10 +390,7 @@ class Traits(Experiment):
 
     @property
     def eos(self) -> list[int]:
-        eos = self.lm.model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        tok_eos = self.lm.tokenizer.eos_token_id
-        return sorted({*eos, *([tok_eos] if tok_eos is not None else [])})
+        return tokens.eos_ids(self.lm.model, self.lm.tokenizer)
 
     def compute(self, monitor: mon.Monitor, cond: Condition, rows: Rows, idx: list[int]) -> dict[str, torch.Tensor]:
         """One shard's record: per token projections (float16) with the tokens, or per prompt scores."""
