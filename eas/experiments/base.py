@@ -10,6 +10,9 @@
    content-addressed store record written as soon as it is done;
 5. ``finish``: ``summary.json``, ``manifest.json`` and the headline printed at the end.
 
+Each step runs in a ``phase`` (``load``, ``unsteered``, ``capture``, ``sweep_<split>``) whose wall
+seconds ``finish`` writes as ``phases`` into ``manifest.json`` and ``summary.json``.
+
 A job that dies keeps every record it wrote; a re-run (or another job of the same sweep)
 recomputes nothing that is done.
 """
@@ -20,6 +23,8 @@ import dataclasses
 import logging
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -173,9 +178,30 @@ class Experiment:
         self.progress = bool(cfg.progress)
         self.vector_id: str | None = None  # set when vectors come from files or the store
         self.t0 = time.perf_counter()
+        self.phases: dict[str, float] = {}  # phase name -> wall seconds (``phase``)
+        self._in_phase = False
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the wall seconds of the block to ``self.phases[name]``. Phases never overlap: a phase
+        opened inside another is counted in the outer one, so the phases sum to at most the job's
+        seconds."""
+        if self._in_phase:
+            yield
+            return
+        self._in_phase, t0 = True, time.perf_counter()
+        try:
+            yield
+        finally:
+            self._in_phase = False
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t0
 
     # -- step 1 -----------------------------------------------------------
     def load(self) -> None:
+        with self.phase("load"):
+            self._load()
+
+    def _load(self) -> None:
         cfg = self.cfg
         self.bench = load_benchmark(cfg.benchmark, seed=cfg.seed)
         self.splits: dict[str, list[MCItem]] = split_items(
@@ -205,6 +231,10 @@ class Experiment:
     def load_model(self, steered: bool = True) -> None:
         """The model, its prompter, the padding id and the batch size (and, for a kind that
         steers, its layers and site checked against the model)."""
+        with self.phase("load"):
+            self._load_model(steered)
+
+    def _load_model(self, steered: bool) -> None:
         cfg = self.cfg
         self.lm = models.load(cfg.model, seed=cfg.seed)
         if steered:
@@ -269,6 +299,10 @@ class Experiment:
     def unsteered(self, splits: list[str] | None = None) -> dict[str, Scored]:
         """Per split (every split by default): the unsteered predictions and letter probabilities
         (one store record each)."""
+        with self.phase("unsteered"):
+            return self._unsteered(splits)
+
+    def _unsteered(self, splits: list[str] | None) -> dict[str, Scored]:
         out = {}
         before = self.store.tally("cells")
         for split in splits or list(self.splits):
@@ -365,6 +399,10 @@ class Experiment:
         its own content-addressed record written when done: a large capture streams to disk,
         and a killed one resumes at the first missing shard.
         """
+        with self.phase("capture"):
+            return self._activations(texts, site)
+
+    def _activations(self, texts: list[str], site: str | None) -> dict[int, torch.Tensor]:
         size = max(1, int(self.cfg.get("capture_shard_size", 2048)))
         shards = []
         todo = [texts[i:i + size] for i in range(0, len(texts), size)]
@@ -402,6 +440,11 @@ class Experiment:
                     failed: dict[str, str]) -> dict[tuple[int, float], Scored]:
         """Score cells on a split; finished cells come from the store, new ones are written to it
         chunk by chunk. A chunk that raises marks its cells failed and the rest go on."""
+        with self.phase(f"sweep_{split}"):
+            return self._score_cells(cells, split, vecs, failed)
+
+    def _score_cells(self, cells: list[tuple[int, float]], split: str, vecs: dict[int, torch.Tensor],
+                     failed: dict[str, str]) -> dict[tuple[int, float], Scored]:
         items = self.splits[split]
         out: dict[tuple[int, float], Scored] = {}
         todo = []
@@ -485,16 +528,18 @@ class Experiment:
         store.write_csv(path, pd.concat(frames, ignore_index=True))
 
     def finish(self, summary: dict[str, Any], headline: list[str]) -> dict[str, Any]:
-        """Write ``summary.json`` and ``manifest.json`` and print the headline; returns ``summary``."""
+        """Write ``summary.json`` and ``manifest.json`` (each with ``seconds`` and ``phases``, the
+        wall seconds of each ``phase``) and print the headline; returns ``summary``."""
         seconds = time.perf_counter() - self.t0
-        summary = {**summary, "seconds": seconds}
+        phases = dict(self.phases)
+        summary = {**summary, "seconds": seconds, "phases": phases}
         store.write_json(self.out / "summary.json", summary)
         store.write_json(self.out / "manifest.json", {
             "experiment": self.x.name,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "git_commit": store.git_commit(), "versions": store.versions(),
             "model_fingerprint": self.lm.fingerprint, **self.data_identity(),
-            "device": str(self.lm.device), "seconds": seconds,
+            "device": str(self.lm.device), "seconds": seconds, "phases": phases,
         })
         print("\n".join([*headline, f"  results: {self.out}"]), flush=True)
         return summary

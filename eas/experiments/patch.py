@@ -214,8 +214,8 @@ class Patching(CausalExperiment):
 
 
 def headline(s: dict) -> list[str]:
-    lines = [f"eas patch: {s['model']} on {s['benchmark']} ({s['pairs']} pairs @ {s['steer_target']}, "
-             f"{s['n_pairs']} pairs, {s['informative_pairs']} whose clean and corrupted answers differ)"]
+    lines = [(f"eas patch: {s['model']} on {s['benchmark']} ({s['pairs']} pairs @ {s['steer_target']}, "
+             f"{s['n_pairs']} pairs, {s['informative_pairs']} whose clean and corrupted answers differ)")]
     b = s["strongest_layer"]
     if b is None:
         lines.append("  no layer has a defined effect (the clean and corrupted logit differences are equal)")

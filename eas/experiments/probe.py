@@ -41,10 +41,12 @@ from eas.core import probes, stats
 from eas.data.schema import MCItem
 from eas.experiments.base import SPLITS, Experiment
 from eas.experiments.base import Config as BaseConfig
+from eas.experiments.verdicts import write_premortem
 from eas.methods.base import TooFewExamples, caa_pairs, check_size
 
 log = logging.getLogger("eas")
 SUPERVISED = ("logreg", "mean_diff")
+PM2_THRESHOLD = 0.55  # the seed plan's: the error probe's accuracy (experiment.premortem=2)
 TARGETS = ("auto", "trait", "error")
 
 
@@ -63,6 +65,7 @@ class Config(BaseConfig):
     ccs_epochs: int = MISSING
     abstain_threshold: float = MISSING  # answer when the error probe's P(right) >= this, else abstain
     lexical_words: list[str] = MISSING  # removed from item texts, probe re-run
+    premortem: int | None = None  # 2 (conf/experiment/premortem2.yaml): write pm2.json and pm2_summary.md
 
 
 def validate(cfg: DictConfig) -> None:
@@ -454,6 +457,14 @@ class Probe(Experiment):
             summary["abstention"], curves = self._abstention(rows, proto, rec)
         store.write_text(self.out / "summary_table.md", probe_report.summary_markdown(summary, df))
         summary = self.finish(summary, [probe_report.headline_markdown(summary)])
+        if self.x.premortem:  # PM2: the error probe's accuracy at the model's own errors
+            b = summary["best"]["logreg"]
+            write_premortem(self.out, int(self.x.premortem),
+                            f"{target} probe accuracy (logreg, L{best_layer}, {best_pool}; {proto.name})",
+                            b["accuracy"], b["accuracy_low"], b["accuracy_high"], PM2_THRESHOLD, summary["seconds"],
+                            self.lm.name, self.bench.name, n=rec["n"], auroc=b["auroc"],
+                            model_accuracy=summary["baseline"].get("accuracy"),
+                            max_prob_auroc=summary["baseline"].get("max_prob_auroc"))
         self.figures(probe_report.write_probe_figures, self.out, df, summary, rows.labels[proto.evaluate],
                      {k: np.asarray(rec[k]["scores"], float)[proto.evaluate] for k in SUPERVISED}, curves)
         return summary

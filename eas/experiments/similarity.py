@@ -20,7 +20,9 @@
      permutation null of shuffled pairing (b's texts re-paired at random, the map refitted);
      PASS when the interval lies at or above ``experiment.threshold`` (0.3, the seed plan's) and
      the permutation p-value is at most ``experiment.alpha``, FAIL when it lies below, else
-     INCONCLUSIVE;
+     INCONCLUSIVE; with ``experiment.premortem=1`` (``premortem1``) the mean over model pairs of
+     the best layer pair's correlation is the seed plan's PM1, judged by the interval alone
+     (``eas.experiments.verdicts``) and written as ``pm1.json`` and ``pm1_summary.md``;
    - optionally (``experiment.vector_path``: vectors of the first model, a file or a run dir) each
      vector carried through the fitted map of its layer's best pair into every later model
      (``LinearMap.apply_direction``), written as ``vectors/transfer_*.safetensors`` that
@@ -73,6 +75,7 @@ from eas.core.sites import ModelError
 from eas.data.schema import DataError
 from eas.experiments.base import Config as BaseConfig
 from eas.experiments.base import Experiment, Scored
+from eas.experiments.verdicts import write_premortem
 from eas.methods.base import VectorError, check_width, vector_id
 from eas.prompts import Prompter
 from eas.resources import auto_batch_size
@@ -103,6 +106,7 @@ class Config(BaseConfig):
     vector_path: str | None = None  # vectors of the first model carried into the others
     transfer: bool = False  # score the carried vectors on each later model's benchmark (and a random control)
     min_gain: float = 0.02  # the test-accuracy gain the transfer verdict tests
+    premortem: int | None = None  # 1 (conf/experiment/premortem1.yaml): write pm1.json and pm1_summary.md
 
 
 def model_configs(cfg: DictConfig) -> list[DictConfig]:
@@ -649,10 +653,31 @@ class Similarity(Experiment):
         manifest = store.read_json(self.out / "manifest.json")
         manifest["model_fingerprints"] = {c.label: c.fingerprint for c in caps}
         store.write_json(self.out / "manifest.json", manifest)
+        if x.premortem:
+            self.write_premortem(summary)
         from eas.report.representations import write_similarity_figures
 
         self.figures(write_similarity_figures, self.out / "figures", fig_pairs, float(x.threshold))
         return summary
+
+
+    def write_premortem(self, summary: dict[str, Any]) -> None:
+        """PM1: the projection correlation of the best layer pair of each model pair; over several model
+        pairs their mean, with the mean of their interval bounds (wider than the interval of the mean)."""
+        best = [p["best"] for p in summary["pairs"] if p["best"] is not None]
+        ok = [b for b in best if b["low"] is not None]
+
+        def mean(k: str, rows: list[dict]) -> float:
+            return float(np.mean([b[k] for b in rows])) if rows else float("nan")
+
+        pairs = ", ".join(f"{p['model_a']} vs {p['model_b']}" for p in summary["pairs"])
+        write_premortem(self.out, int(self.x.premortem),
+                        f"projection correlation, best layer pair, mean over {len(best)} model pair(s) ({pairs})",
+                        mean("correlation", best), mean("low", ok) if len(ok) == len(best) else float("nan"),
+                        mean("high", ok) if len(ok) == len(best) else float("nan"), float(self.x.threshold),
+                        summary["seconds"], "+".join(m["label"] for m in summary["models"]), self.bench.name,
+                        n_texts=summary["n_texts"], n_held_out=summary["n_test"],
+                        permutation_p=[b["p_value"] for b in best])
 
 
 def _f(v: float) -> float | None:

@@ -17,6 +17,11 @@ it returns ``{table name: DataFrame}``), else by a generic table of one row per 
 ``summary.json``; both go to ``<kind>_table.md`` and ``<kind>_<table>.csv``. OUT defaults to
 ``<first DIR>/report``; the markdown of every kind is printed.
 
+Over every run, whatever its kind: ``durations.csv``/``.md`` (``eas.report.durations``: each run's
+seconds per phase, with its model, benchmark, grid and device) and ``study_table.md``/``.csv`` with
+``statistics.json`` (``eas.report.summary``: one headline metric per run, its 95% interval,
+p-value and Cohen's d where the kind has them).
+
 Runs made with different setups (``eas.report.setups``: every config field that changes
 results) are reported as separate rows in every table, with a ``setup`` column and one
 ``setup.<field>`` column per field that differs. A results file that cannot be read or lacks
@@ -35,6 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from eas.report.cmaes import write_cmaes_report
+from eas.report.durations import write_durations
 from eas.report.figures import write_figures
 from eas.report.probes import merged_probe_markdown, probe_summaries
 from eas.report.seeds import PROBE_FILE, load_probe_runs, write_seed_report
@@ -46,6 +52,7 @@ from eas.report.setups import (
     setup_table,
     tag_setups,
 )
+from eas.report.summary import runs_by_kind, study_markdown, write_study
 from eas.report.tables import (
     RESULTS_FILE,
     SUMMARY_FILE,
@@ -339,7 +346,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path | None = None,
 
     Returns:
         Kind -> the markdown to print (for steer, the summary table), for each kind with a
-        usable run.
+        usable run, and ``study``: the table of every run's headline (``eas.report.summary``).
 
     Raises:
         NoResultsError: A path does not exist or holds no run, or no run under ``paths`` is
@@ -350,7 +357,8 @@ def write_report(paths: Sequence[str | Path], out: str | Path | None = None,
     out = Path(out) if out is not None else paths[0] / "report"
     reasons: list[str] = [] if skipped is None else skipped
     texts: dict[str, str] = {}
-    for (kind, module), runs in find_runs(paths).items():
+    found = find_runs(paths)
+    for (kind, module), runs in found.items():
         writer = REPORTS.get(kind) or _module_writer(kind, module)
         text = writer(runs, out, None if skipped is None else reasons)
         if text is not None:
@@ -358,6 +366,11 @@ def write_report(paths: Sequence[str | Path], out: str | Path | None = None,
     if not texts:
         raise NoResultsError("no usable run among the paths given: " + ("; ".join(reasons) or
                                                                          "no run with a known experiment kind"))
+    every = [run for runs in found.values() for run in runs]
+    write_durations(every, out)
+    study = write_study(runs_by_kind(found), out)
+    if not study.empty:
+        texts["study"] = study_markdown(study)
     if reasons:  # also those of a kind with no usable run, which has no markdown of its own
         (out / SKIPPED_FILE).write_text("\n".join(["# eas report", *_skipped_section(reasons)]) + "\n")
     return texts
