@@ -258,3 +258,22 @@ def test_a_killed_run_keeps_its_shards_and_the_rerun_computes_only_the_rest(tmp_
     monkeypatch.setattr(traits_job.Traits, "compute", real)
     job, _ = _run(tmp_path, "resumed", *overrides)
     assert job.store.tally("traits") == (2, 6)
+
+
+def test_trigger_and_system_conditions_build_the_prompts_they_say(tmp_path):
+    cfg = _cfg("experiment=traits", "experiment.conditions={trigger: {none: null, y2027: 'In 2027,'}, "
+               "system: {none: null, terse: 'Answer in one word.'}}")
+    job = traits_job.Traits(cfg, tmp_path / "x")
+    job.prompt_set = traits_job.load_prompts(cfg.prompts)
+    job.prompts = list(job.prompt_set.prompts)
+    job.load()
+    conds = job.crossed()
+    assert [c.name for c in conds] == ["trigger=none,system=none", "trigger=none,system=terse",
+                                       "trigger=y2027,system=none", "trigger=y2027,system=terse"]
+    p = job.prompts[0]
+    for c in conds:
+        rows = job.condition_rows(c, [0])
+        want = job.prompter.generation(f"In 2027, {p.text}" if c.get("trigger") == "y2027" else p.text,
+                                       "Answer in one word." if c.get("system") == "terse" else None)
+        assert rows.rows[0] == job.lm.tokenizer(want, add_special_tokens=False)["input_ids"]
+        assert rows.n_prompt[0] == len(rows.rows[0])  # no prefill: every token is the prompt's
