@@ -32,11 +32,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 from scipy.stats import fisher_exact
 
 from eas import store
 from eas.config import ConfigError, choice
+from eas.core import capture as capture_mod
 from eas.core import generate as gen
 from eas.core import stats, tokens
 from eas.data import load_prompts
@@ -50,7 +52,9 @@ from eas.scorers import base as scorers
 log = logging.getLogger("eas")
 STEER_ON = ("all", "prompt", "generated")
 ENGINES = ("eas", "vllm")
-CONDITIONS = ("none", "instruction")
+# patched: the prompt as given, with the instruction run's activation at the last prompt token written
+# in at the cell's layer (scaled by the cell's strength: 1 is the exact patch): patching vs prompting
+CONDITIONS = ("none", "instruction", "patched")
 UNSTEERED = "unsteered"
 
 
@@ -100,9 +104,13 @@ def validate(cfg: DictConfig) -> None:
         choice("experiment.conditions", c, CONDITIONS)
     if not x.conditions:
         raise ConfigError("experiment.conditions is empty; give e.g. [none] or [none,instruction]")
-    if "instruction" in x.conditions and not str(x.instruction or "").strip():
-        raise ConfigError("experiment.conditions has 'instruction' but experiment.instruction is empty; "
-                          "set the system prompt it adds, e.g. experiment.instruction='Be kind.'")
+    for c in ("instruction", "patched"):
+        if c in x.conditions and not str(x.instruction or "").strip():
+            raise ConfigError(f"experiment.conditions has '{c}' but experiment.instruction is empty; "
+                              f"set the system prompt it {'adds' if c == 'instruction' else 'patches in'}, "
+                              f"e.g. experiment.instruction='Be kind.'")
+    if "patched" in x.conditions and x.engine != "eas":
+        raise ConfigError("experiment.conditions 'patched' runs on experiment.engine=eas only")
     for name, low in (("max_new_tokens", 1), ("samples", 1), ("prompts_per_chunk", 1),
                       ("sample_sheet_prompts", 0)):
         if x[name] < low:
@@ -206,6 +214,8 @@ class Generate(Experiment):
         rows = self.rows_by_condition[condition]
         steer = [] if layer < 0 else [self.site, layer, float(strength), self.vec_ids[layer], x.steer_on,
                                       x.steer_from]
+        if condition == "patched" and layer >= 0:  # the patch: the instruction run's last-token activation
+            steer = [self.site, layer, float(strength), "patched_last", [self.source_rows()[i] for i in idx]]
         sampling = [int(x.max_new_tokens), float(x.temperature), float(x.top_p), self.sampling(sample).seed]
         # vLLM's kernels and sampler are not eas's: its texts are records of their own
         engine = [] if x.engine == "eas" else ["engine", x.engine]
@@ -262,6 +272,8 @@ class Generate(Experiment):
                 sampling = self.sampling(sample)
                 if x.engine == "vllm":
                     got = self.vllm_generate(rows, gcells, sampling)
+                elif condition == "patched":
+                    got = self.patched_generate(rows, idx, todo, sampling)
                 else:
                     got = self.oom_safe(lambda bs, rows=rows, gcells=gcells, sampling=sampling: gen.generate(
                         self.lm.model, self.lm.sites, rows, self.site, gcells, sampling, steer_on=x.steer_on,
@@ -277,6 +289,37 @@ class Generate(Experiment):
                         texts[k][i], ids[k][i] = said[j], list(map(int, out[j]))
                 bar.update(len(idx) * len(todo))
         return texts, ids
+
+    def source_rows(self) -> list[list[int]]:
+        """The patch's source: every prompt under the instruction (the condition's own rows when it runs)."""
+        if "instruction" not in self.rows_by_condition:
+            self.rows_by_condition["instruction"] = self.prompt_rows("instruction")
+        return self.rows_by_condition["instruction"]
+
+    def patch_deltas(self) -> dict[int, torch.Tensor]:
+        """``{layer: [prompt, d_model]}``: the instruction run's site vector at the last prompt token
+        minus the plain run's (adding it to the plain run writes the instruction run's value in)."""
+        if getattr(self, "_deltas", None) is None:
+            source, target = self.source_rows(), self.rows_by_condition["patched"]
+            got = [self.oom_safe(lambda bs, r=r: capture_mod.capture(
+                self.lm.model, self.lm.sites, r, self.layers, self.site, ("last",), bs, self.pad))["last"]
+                for r in (source, target)]
+            self._deltas = {L: got[0][j] - got[1][j] for j, L in enumerate(self.layers)}
+        return self._deltas
+
+    def patched_generate(self, rows, idx, todo, sampling) -> list[list[list[int]]]:
+        """Condition ``patched``: each prompt with its own patch (at its last prompt token only),
+        every cell of the prompt in one engine call."""
+        deltas = self.patch_deltas()
+        out: list[list[list[int]]] = [[] for _ in todo]
+        for row, i in zip(rows, idx):
+            gcells = [gen.GenCell() if L < 0 else gen.GenCell(L, s, deltas[L][i]) for _, L, s in todo]
+            got = self.oom_safe(lambda bs, row=row, gcells=gcells: gen.generate(
+                self.lm.model, self.lm.sites, [row], self.site, gcells, sampling, steer_on="prompt",
+                steer_from=len(row) - 1, eos=self.eos, batch_size=bs, pad=self.pad))
+            for c in range(len(todo)):
+                out[c].append(got[c][0])
+        return out
 
     def vllm_generate(self, rows, gcells, sampling) -> list[list[list[int]]]:
         """The rows on vLLM (``experiment.engine=vllm``): the same checkpoint, eager float32, no prefix cache."""

@@ -197,3 +197,36 @@ def test_every_generate_preset_composes():
             assert list(cfg.strength) == [-2.0, -4.0, -8.0]
         if preset == "editing_vs_prompting":
             assert cfg.benchmark.name == "pairs_formality" and cfg.prompts.name == "neutral"
+
+
+def test_patched_condition_writes_the_instruction_run_in_at_the_last_prompt_token(tmp_path):
+    """Behaviour editing by patching vs prompting: at strength 1 the patched cell writes the
+    instruction run's block output at the last prompt token. At the last block that output is the
+    one the first new token is read from, so the first token is the instruction run's."""
+    cfg = _cfg("layer=[3]", "strength=[1.0]", "experiment.conditions=[none,instruction,patched]",
+               "experiment.instruction='Be kind to everyone you meet today.'", "experiment.max_new_tokens=4")
+    generate_job.run(cfg, tmp_path / "run")
+    df = pd.read_parquet(tmp_path / "run" / "generations.parquet")
+    job = generate_job.Generate(cfg, tmp_path / "again")
+    job.load()
+    job.prompts = list(generate_job.load_prompts(cfg.prompts).prompts)
+    job.rows_by_condition = {c: job.prompt_rows(c) for c in cfg.experiment.conditions}
+    tok = job.lm.tokenizer
+    cells, firsts, differ = 0, 0, 0
+    for p in job.prompts:
+        rows = df[df.prompt_id == p.id].set_index(["condition", "cell"])
+        assert rows.loc[("patched", "unsteered"), "text"] == rows.loc[("none", "unsteered"), "text"]
+        patched = tok(rows.loc[("patched", "L3_s1"), "text"], add_special_tokens=False)["input_ids"]
+        instructed = tok(rows.loc[("instruction", "unsteered"), "text"], add_special_tokens=False)["input_ids"]
+        plain = tok(rows.loc[("none", "unsteered"), "text"], add_special_tokens=False)["input_ids"]
+        cells += 1
+        firsts += bool(patched and instructed and patched[0] == instructed[0])
+        differ += bool(plain and instructed and plain[0] != instructed[0])
+    assert firsts == cells
+    assert differ > 0  # the test can fail: the instruction changes some first token, and the patch carries it
+    # and the store holds the patched cells apart from the additive ones
+    job.vec_ids = {3: "the vector"}
+    keys = {job.gen_key("patched", ("L3_s1", 3, 1.0), 0, [0]), job.gen_key("none", ("L3_s1", 3, 1.0), 0, [0])}
+    assert len(keys) == 2
+    with pytest.raises(ConfigError, match="'patched' but experiment.instruction is empty"):
+        _cfg("experiment.conditions=[none,patched]", "experiment.instruction=''")
