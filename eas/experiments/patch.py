@@ -84,7 +84,7 @@ class Patching(CausalExperiment):
         layers = list(range(self.lm.sites.n_layers)) if x.all_layers else self.layers
         pairs = self.pairs()
         rows, attr = [], []
-        with self.bar(len(pairs), f"patch ({len(pairs)} pairs x {len(layers)} layers)") as bar:
+        with self.phase("patch"), self.bar(len(pairs), f"patch ({len(pairs)} pairs x {len(layers)} layers)") as bar:
             for pair in pairs:
                 rows += self.one_pair(pair, layers, attr)
                 bar.update(1)

@@ -462,7 +462,7 @@ class Probe(Experiment):
             write_premortem(self.out, int(self.x.premortem),
                             f"{target} probe accuracy (logreg, L{best_layer}, {best_pool}; {proto.name})",
                             b["accuracy"], b["accuracy_low"], b["accuracy_high"], PM2_THRESHOLD, summary["seconds"],
-                            self.lm.name, self.bench.name, n=rec["n"], auroc=b["auroc"],
+                            self.lm.name, self.bench.name, n_evaluated=rec["n"], auroc=b["auroc"],
                             model_accuracy=summary["baseline"].get("accuracy"),
                             max_prob_auroc=summary["baseline"].get("max_prob_auroc"))
         self.figures(probe_report.write_probe_figures, self.out, df, summary, rows.labels[proto.evaluate],

@@ -18,7 +18,7 @@ it returns ``{table name: DataFrame}``), else by a generic table of one row per 
 ``<first DIR>/report``; the markdown of every kind is printed.
 
 Over every run, whatever its kind: ``durations.csv``/``.md`` (``eas.report.durations``: each run's
-seconds per phase, with its model, benchmark, grid and device) and ``study_table.md``/``.csv`` with
+seconds per phase, with its model, benchmark, grid and device) and ``headline_table.md``/``.csv`` with
 ``statistics.json`` (``eas.report.summary``: one headline metric per run, its 95% interval,
 p-value and Cohen's d where the kind has them).
 
@@ -52,7 +52,7 @@ from eas.report.setups import (
     setup_table,
     tag_setups,
 )
-from eas.report.summary import runs_by_kind, study_markdown, write_study
+from eas.report.summary import headline_markdown, runs_by_kind, write_headlines
 from eas.report.tables import (
     RESULTS_FILE,
     SUMMARY_FILE,
@@ -346,7 +346,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path | None = None,
 
     Returns:
         Kind -> the markdown to print (for steer, the summary table), for each kind with a
-        usable run, and ``study``: the table of every run's headline (``eas.report.summary``).
+        usable run, and ``headlines``: the table of every run's headline (``eas.report.summary``).
 
     Raises:
         NoResultsError: A path does not exist or holds no run, or no run under ``paths`` is
@@ -368,9 +368,9 @@ def write_report(paths: Sequence[str | Path], out: str | Path | None = None,
                                                                          "no run with a known experiment kind"))
     every = [run for runs in found.values() for run in runs]
     write_durations(every, out)
-    study = write_study(runs_by_kind(found), out)
-    if not study.empty:
-        texts["study"] = study_markdown(study)
+    headlines = write_headlines(runs_by_kind(found), out)
+    if not headlines.empty:
+        texts["headlines"] = headline_markdown(headlines)
     if reasons:  # also those of a kind with no usable run, which has no markdown of its own
         (out / SKIPPED_FILE).write_text("\n".join(["# eas report", *_skipped_section(reasons)]) + "\n")
     return texts
