@@ -622,6 +622,36 @@ def _row_counts(codes: np.ndarray, n_codes: int) -> np.ndarray:
     return np.bincount(flat, minlength=k * n_codes).reshape(k, n_codes).astype(np.float64)
 
 
+def balanced_accuracy_ci(
+    labels: ArrayLike,
+    preds: ArrayLike,
+    n_resamples: int = 10_000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Balanced accuracy (the mean of the two classes' recalls, 0.5 at chance whatever the class
+    sizes) with a stratified percentile-bootstrap interval: each class's items are resampled
+    separately, so every resample keeps the class counts.
+
+    Raises:
+        ValueError: lengths differ, a class is missing, labels or predictions are not 0/1.
+    """
+    y, p = _as_bool(labels, "labels"), _as_bool(preds, "preds")
+    if y.shape != p.shape:
+        raise ValueError(f"labels and preds differ in length: {y.size} vs {p.size}")
+    if y.all() or not y.any():
+        raise ValueError("balanced accuracy needs both classes in labels")
+    _check_level(ci)
+    hit_pos, hit_neg = p[y], ~p[~y]  # each class's correct calls
+    point = 0.5 * (hit_pos.mean() + hit_neg.mean())
+    rng = np.random.default_rng(seed)
+    rp = rng.binomial(hit_pos.size, hit_pos.mean(), n_resamples) / hit_pos.size
+    rn = rng.binomial(hit_neg.size, hit_neg.mean(), n_resamples) / hit_neg.size
+    draws = 0.5 * (rp + rn)  # a class's resampled recall is binomial in its own count
+    lo, hi = np.quantile(draws, [(1 - ci) / 2, (1 + ci) / 2])
+    return Interval(float(lo), float(hi), float(point), ci)
+
+
 def bootstrap_auroc_ci(
     labels: ArrayLike,
     scores: ArrayLike,

@@ -46,7 +46,7 @@ from eas.methods.base import TooFewExamples, caa_pairs, check_size
 
 log = logging.getLogger("eas")
 SUPERVISED = ("logreg", "mean_diff")
-PM2_THRESHOLD = 0.55  # the seed plan's: the error probe's accuracy (experiment.premortem=2)
+PM2_THRESHOLD = 0.55  # the seed plan's: the error probe's accuracy, read as balanced accuracy (0.5 = chance)
 TARGETS = ("auto", "trait", "error")
 
 
@@ -457,12 +457,18 @@ class Probe(Experiment):
             summary["abstention"], curves = self._abstention(rows, proto, rec)
         store.write_text(self.out / "summary_table.md", probe_report.summary_markdown(summary, df))
         summary = self.finish(summary, [probe_report.headline_markdown(summary)])
-        if self.x.premortem:  # PM2: the error probe's accuracy at the model's own errors
+        if self.x.premortem:  # PM2: the error probe's balanced accuracy at the model's own errors
+            # balanced: a model wrong on 79% of items makes "always wrong" 0.79 accurate, 0.5 balanced
             b = summary["best"]["logreg"]
+            y_ev = np.asarray(rows.labels)[proto.evaluate]
+            s_ev = np.asarray(rec["logreg"]["scores"], float)[proto.evaluate]
+            bal = stats.balanced_accuracy_ci(y_ev == 1, s_ev > 0, int(self.cfg.experiment.get("n_bootstrap", 10_000)),
+                                             seed=self.seed)
             write_premortem(self.out, int(self.x.premortem),
-                            f"{target} probe accuracy (logreg, L{best_layer}, {best_pool}; {proto.name})",
-                            b["accuracy"], b["accuracy_low"], b["accuracy_high"], PM2_THRESHOLD, summary["seconds"],
-                            self.lm.name, self.bench.name, n_evaluated=rec["n"], auroc=b["auroc"],
+                            f"{target} probe balanced accuracy (logreg, L{best_layer}, {best_pool}; {proto.name})",
+                            bal.point, bal.low, bal.high, PM2_THRESHOLD, summary["seconds"],
+                            self.lm.name, self.bench.name, n_evaluated=rec["n"], accuracy=b["accuracy"],
+                            auroc=b["auroc"],
                             model_accuracy=summary["baseline"].get("accuracy"),
                             max_prob_auroc=summary["baseline"].get("max_prob_auroc"))
         self.figures(probe_report.write_probe_figures, self.out, df, summary, rows.labels[proto.evaluate],

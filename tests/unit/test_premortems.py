@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -63,9 +64,14 @@ def test_premortem2_writes_the_error_probe_accuracy(tmp_path):
     rec = _written(tmp_path / "pm2", 2)
     b = s["best"]["logreg"]
     assert s["target"] == "error" and rec["threshold"] == 0.55
-    assert (rec["value"], rec["low"], rec["high"]) == pytest.approx((b["accuracy"], b["accuracy_low"],
-                                                                     b["accuracy_high"]))
-    assert rec["verdict"] == _rule(b["accuracy_low"], b["accuracy_high"], 0.55)
+    # balanced accuracy of the best probe's out-of-fold scores, recomputed from probe_scores.parquet
+    sc = pd.read_parquet(tmp_path / "pm2" / "probe_scores.parquet")
+    at = sc[(sc.layer == b.get("layer", s["best"]["layer"])) & (sc.pooling == s["best"]["pooling"])]
+    y, hit = at.label.to_numpy() == 1, at.logreg.to_numpy() > 0
+    want = 0.5 * ((hit & y).sum() / y.sum() + (~hit & ~y).sum() / (~y).sum())
+    assert rec["value"] == pytest.approx(want) and rec["low"] <= rec["value"] <= rec["high"]
+    assert rec["verdict"] == _rule(rec["low"], rec["high"], 0.55)
+    assert rec["details"]["accuracy"] == pytest.approx(b["accuracy"])
     assert rec["details"]["model_accuracy"] == pytest.approx(s["baseline"]["accuracy"])
 
 

@@ -424,3 +424,17 @@ def test_empirical_p_value_convention():
     assert 0 < stats.empirical_p_value(49.0, null, alternative="two-sided") <= 1
     with pytest.raises(ValueError, match="alternative must be one of"):
         stats.empirical_p_value(1.0, null, alternative="both")
+
+
+def test_balanced_accuracy_ci_is_sklearns_with_a_stratified_interval():
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(0)
+    y = rng.random(200) < 0.2  # imbalanced: "always negative" is 80% accurate, 0.5 balanced
+    p = np.where(rng.random(200) < 0.7, y, ~y)
+    ci = stats.balanced_accuracy_ci(y, p, n_resamples=2000, seed=1)
+    assert ci.point == pytest.approx(balanced_accuracy_score(y, p))
+    assert ci.low < ci.point < ci.high
+    assert stats.balanced_accuracy_ci(y, np.zeros(200, bool)).point == 0.5
+    with pytest.raises(ValueError, match="both classes"):
+        stats.balanced_accuracy_ci(np.ones(5, bool), np.ones(5, bool))
