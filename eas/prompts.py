@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from eas.data.schema import MCItem
 
+ANSWER = "Answer:"  # every scoring prompt ends here; the next token is the letter
+
 
 @dataclass(frozen=True)
 class Prompter:
@@ -32,12 +34,15 @@ class Prompter:
             there is no template.
         system: optional system message (chat only).
         instruction: the line that asks for a letter.
+        shots: in-context exemplars shown, each with its correct answer, before every scoring
+            prompt (``mc``); empty (the default) leaves every prompt as it was.
     """
 
     tokenizer: object
     format: str = "chat"
     system: str | None = None
     instruction: str = "Answer with the letter of the correct option."
+    shots: tuple[MCItem, ...] = ()
 
     @property
     def uses_chat(self) -> bool:
@@ -80,16 +85,31 @@ class Prompter:
             messages.insert(0, {"role": "system", "content": system})
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def mc(self, item: MCItem) -> str:
-        """The scoring prompt: question, lettered options, instruction, ending in ``Answer:``."""
+    def _mc_user(self, item: MCItem) -> str:
+        """The user text of a scoring prompt: question, lettered options, instruction."""
         if self.reference:
             lines = [self._stem(item), *(f"{k}: {text}" for k, text in zip(item.letters, item.options))]
             if item.fact:
                 lines.append(f"Remember, {item.fact}.")
-            return self._wrap("\n".join([*lines, self.instruction]), "Answer:")
+            return "\n".join([*lines, self.instruction])
         options = "\n".join(f"{letter}. {text}" for letter, text in zip(item.letters, item.options))
         fact = f"\n\nRemember, {item.fact}." if item.fact else ""
-        return self._wrap(f"{self._stem(item)}\n\n{options}{fact}\n\n{self.instruction}", "Answer:")
+        return f"{self._stem(item)}\n\n{options}{fact}\n\n{self.instruction}"
+
+    def mc(self, item: MCItem) -> str:
+        """The scoring prompt: question, lettered options, instruction, ending in ``Answer:``;
+        after the ``shots``, each answered with its correct letter, when there are any."""
+        if not self.shots:
+            return self._wrap(self._mc_user(item), ANSWER)
+        if not self.uses_chat:
+            solved = [f"{self._mc_user(s)}\n{ANSWER} {s.letters[s.label]}" for s in self.shots]
+            return "\n\n".join([*solved, self._wrap(self._mc_user(item), ANSWER)])
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        for s in self.shots:
+            messages += [{"role": "user", "content": self._mc_user(s)},
+                         {"role": "assistant", "content": f"{ANSWER} {s.letters[s.label]}"}]
+        messages.append({"role": "user", "content": self._mc_user(item)})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + ANSWER
 
     def mc_with_letter(self, item: MCItem, option: int) -> str:
         """The scoring prompt followed by one answer letter (CAA's A/B contrast)."""
