@@ -64,7 +64,7 @@ DECISIONS: dict[int, dict[str, list[Step]]] = {
                       "activations predict the model's errors: probe every layer and pooling, and abstain on the "
                       "items the probe calls wrong (accuracy-coverage against the model's max probability)")],
         "FAIL": [Step("error probes and abstention", None,
-                      "skipped: the error probe's accuracy lies below the threshold")],
+                      "skipped: the error probe's balanced accuracy lies below the threshold")],
         "INCONCLUSIVE": [Step("pre-mortem 2 again, more items", "eas experiment=premortem2 max_sample_size=2000",
                               "the interval straddles the threshold: raise max_sample_size (or use a larger "
                               "benchmark); the interval is over items")],

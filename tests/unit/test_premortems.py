@@ -103,7 +103,7 @@ def test_eas_plan_prescribes_the_phases_of_each_verdict(tmp_path, capsys):
     assert "| PM1 " in out and "PASS" in out and "FAIL" in out and "INCONCLUSIVE" in out
     assert "eas experiment=similarity experiment.transfer=true" in out
     assert "experiment.models=[smollm2_135m,gemma3_270m]" in out
-    assert "skipped: the error probe's accuracy lies below the threshold" in out
+    assert "skipped: the error probe's balanced accuracy lies below the threshold" in out
     assert "eas experiment=premortem3 experiment.max_pairs=96 model=smollm2_135m benchmark=eas_facts" in out
     assert "cross-model transfer" in out and "eas experiment=mediation" not in out
 
