@@ -52,6 +52,7 @@ from eas.report.setups import (
     setup_table,
     tag_setups,
 )
+from eas.report.study import study_tables, write_study_figures
 from eas.report.summary import headline_markdown, runs_by_kind, write_headlines
 from eas.report.tables import (
     RESULTS_FILE,
@@ -371,6 +372,12 @@ def write_report(paths: Sequence[str | Path], out: str | Path | None = None,
     headlines = write_headlines(runs_by_kind(found), out)
     if not headlines.empty:
         texts["headlines"] = headline_markdown(headlines)
+    study = study_tables(every)  # the PAS study's tables: cross-benchmark, flips, sample size, ICL, side effects, SFT
+    for name, table in study.items():
+        table.to_csv(out / f"study_{name}.csv", index=False)
+    if study:
+        (out / "study.md").write_text("\n\n".join(f"## {name}\n\n{to_markdown(t)}" for name, t in study.items()) + "\n")
+        write_study_figures(study, out / "figures")
     if reasons:  # also those of a kind with no usable run, which has no markdown of its own
         (out / SKIPPED_FILE).write_text("\n".join(["# eas report", *_skipped_section(reasons)]) + "\n")
     return texts

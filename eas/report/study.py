@@ -225,7 +225,8 @@ def study_tables(runs: Sequence[Path]) -> dict[str, pd.DataFrame]:
     tables without rows are left out, so runs with none give ``{}``."""
     runs = [Path(r) for r in runs]
     out: dict[str, pd.DataFrame] = {}
-    steer = [r for r in runs if (r / RESULTS_FILE).is_file()]
+    # steer runs only: other kinds write a results file of their own columns
+    steer = [r for r in runs if (r / RESULTS_FILE).is_file() and _summary(r).get("experiment", "steer") == "steer"]
     if steer:
         results = load_runs(steer)
         out["cross_benchmark"], out["flips"] = cross_benchmark(results)

@@ -219,3 +219,14 @@ def test_study_tables_of_nothing_is_empty(tmp_path):
 def test_bad_study_fields_fail_before_loading(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         _cfg(tmp_path, override)
+
+
+def test_eas_report_writes_the_study_tables(tmp_path):
+    """eas-report over steer runs writes the study's tables beside its own."""
+    from eas.report.cli import write_report
+
+    run = tmp_path / "run"
+    steer.run(_cfg(tmp_path), run)
+    write_report([run], tmp_path / "report")
+    table = pd.read_csv(tmp_path / "report" / "study_cross_benchmark.csv")
+    assert len(table) == 1 and "cross_benchmark" in (tmp_path / "report" / "study.md").read_text()
