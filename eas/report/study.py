@@ -39,7 +39,7 @@ from eas.core import stats
 from eas.report.figures import save_figure
 from eas.report.seeds import SEED_BY, seed_table
 from eas.report.setups import MANIFEST_FILE, SETUP
-from eas.report.tables import RESULTS_FILE, SUMMARY_FILE, cross_benchmark_table, load_runs
+from eas.report.tables import RESULTS_FILE, SUMMARY_FILE, NoResultsError, cross_benchmark_table, load_runs
 
 ICL_FILE = "icl.parquet"
 SIDE_EFFECTS_FILE = "side_effects.parquet"
@@ -70,7 +70,10 @@ def _concat(runs: Sequence[Path], name: str) -> pd.DataFrame:
 
 
 def exact_mcnemar(wrong_to_right: int, right_to_wrong: int) -> float:
-    """The exact two-sided McNemar p of ``wrong_to_right`` against ``right_to_wrong`` flips."""
+    """The exact two-sided McNemar p of ``wrong_to_right`` against ``right_to_wrong`` flips;
+    NaN when either count is missing (a run without predictions files)."""
+    if pd.isna(wrong_to_right) or pd.isna(right_to_wrong):
+        return math.nan
     c, b = int(wrong_to_right), int(right_to_wrong)
     before = np.r_[np.ones(b, bool), np.zeros(c, bool)]
     return stats.mcnemar(before, ~before, exact=True).p_value if b + c else 1.0
@@ -125,7 +128,8 @@ def cross_benchmark(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         row.update(n_seeds=int(r["n_seeds"]), **{k: (one[k] if one is not None else math.nan)
                                                  for k in ("n_train", "n_val", "n_test")},
                    unsteered_mean=r["unsteered_mean"], test_mean=r["test_mean"], delta_mean=r["delta_mean"],
-                   wrong_to_right=int(g["wrong_to_right"].sum()), right_to_wrong=int(g["right_to_wrong"].sum()))
+                   **{k: (int(g[k].sum()) if g[k].notna().any() else math.nan)
+                      for k in ("wrong_to_right", "right_to_wrong")})
         if r["n_seeds"] >= 2:
             row.update(delta_ci_low=r["delta_ci_low"], delta_ci_high=r["delta_ci_high"], ci="t over seeds",
                        test="paired t over seeds", p=r["p_ttest"])
@@ -227,8 +231,11 @@ def study_tables(runs: Sequence[Path]) -> dict[str, pd.DataFrame]:
     out: dict[str, pd.DataFrame] = {}
     # steer runs only: other kinds write a results file of their own columns
     steer = [r for r in runs if (r / RESULTS_FILE).is_file() and _summary(r).get("experiment", "steer") == "steer"]
-    if steer:
-        results = load_runs(steer)
+    try:  # unusable results files are left out: eas-report has listed them already
+        results = load_runs(steer, skipped=[]) if steer else None
+    except NoResultsError:
+        results = None
+    if results is not None:
         out["cross_benchmark"], out["flips"] = cross_benchmark(results)
         out["sample_size"] = sample_size(out["cross_benchmark"])
     out["icl"] = _concat(runs, ICL_FILE)
