@@ -74,7 +74,6 @@ def main() -> None:
         print(f"eas: error: config tree not found at {CONF_DIR}; install eas from its repository "
               f"with `pip install -e .`", file=sys.stderr)
         sys.exit(2)
-    OmegaConf.register_new_resolver("eas_n", lambda x: len(x), replace=True)
     app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_task)
     app()
 

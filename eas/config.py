@@ -16,10 +16,11 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from eas.core.capture import POSITION_RULES
 from eas.core.sites import FAMILIES
 
 SITES = tuple(dict.fromkeys(name for family in FAMILIES.values() for name in family.sites))  # any family's
-POSITIONS = ("last", "mid", "mean")
+POSITIONS = POSITION_RULES
 READ_RULES = ("same", "pas_reference")  # method.read
 RULES = ("eas", "pas_reference")  # benchmark.item_rules, split_rule, selection_rule
 PROMPT_FORMATS = ("chat", "plain", "pas_reference")
@@ -52,6 +53,7 @@ class ModelConfig:
     compile: bool = False  # torch.compile each block's MLP and norms (hook-safe; eas/core/compile.py)
     adapter: str | None = None  # a peft (LoRA) adapter folder, merged into the weights on load
     layers: Any = field(default_factory=lambda: [8, 14, 20])  # the model's default layer grid
+    n_layers: int | None = None  # its blocks, checked on load; ${eas_depths:${model.n_layers}} needs it
 
 
 @dataclass
@@ -176,6 +178,18 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="eas_schema", node=EasConfig)
+    OmegaConf.register_new_resolver("eas_n", lambda x: len(x), replace=True)
+    OmegaConf.register_new_resolver("eas_depths", depths, replace=True)
+
+
+def depths(n_layers: int | None) -> list[int]:
+    """The first, middle and last block of a model of ``n_layers`` blocks (``${eas_depths:...}``)."""
+    if n_layers is None:
+        raise ConfigError("model.n_layers is not set: give the model's number of blocks (model.n_layers=N)")
+    n = int(n_layers)
+    if n < 1:
+        raise ConfigError(f"model.n_layers={n_layers!r}: a model has at least one block")
+    return sorted({0, n // 2, n - 1})
 
 
 def choice(field_name: str, value: Any, allowed: tuple[str, ...]) -> None:

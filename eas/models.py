@@ -428,6 +428,10 @@ def load(cfg: Any, seed: int = 0) -> LoadedModel:
         identity = dataclasses.replace(identity, adapter=digest)
         log.info("adapter %s (%s) merged into %s", adapter, digest, cfg.name)
     sites = site_map(model)
+    expected = getattr(cfg, "n_layers", None)
+    if expected is not None and int(expected) != sites.n_layers:
+        raise ModelError(f"model.n_layers={expected} but {cfg.name} has {sites.n_layers} blocks: "
+                         f"set model.n_layers={sites.n_layers}")
     if getattr(cfg, "compile", False):
         from eas.core.compile import compile_blocks
 

@@ -1,10 +1,16 @@
 """Activation capture: one batched pass records every requested (layer, site,
-position rule) and stops at the highest requested layer's site."""
+position rule) and stops at the highest requested layer's site.
+
+The ``attention`` rule weights each position by the attention the last token pays to it in
+block L's attention (softmax weights averaged over heads), so that the tokens the model reads
+count most. Those weights need the eager attention kernel: that rule runs in a pass of its own
+with eager attention, so the other rules' numbers do not depend on whether it was asked for.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import Tensor
@@ -13,7 +19,7 @@ from eas.core.intervene import hook
 from eas.core.sites import SiteMap
 from eas.core.tokens import TokenBatch, batches, pad_id
 
-POSITION_RULES = ("last", "mid", "mean")
+POSITION_RULES = ("last", "mid", "mean", "attention")
 
 
 class _Stop(Exception):
@@ -23,7 +29,8 @@ class _Stop(Exception):
 def reduce_positions(hidden: Tensor, attention_mask: Tensor, rule: str) -> Tensor:
     """``[batch, pos, d] -> [batch, d]`` over each row's real (left-padded) tokens.
 
-    ``last``: the last token; ``mid``: real token ``n // 2`` of ``n``; ``mean``: the mean.
+    ``last``: the last token; ``mid``: real token ``n // 2`` of ``n``; ``mean``: the mean;
+    ``attention``: needs the weights, ``attention_weighted``.
     """
     n = attention_mask.sum(-1)
     width = hidden.shape[1]
@@ -36,6 +43,24 @@ def reduce_positions(hidden: Tensor, attention_mask: Tensor, rule: str) -> Tenso
         m = attention_mask.to(hidden.dtype)[..., None]
         return (hidden * m).sum(1) / n[:, None].to(hidden.dtype)
     raise ValueError(f"position rule must be one of {POSITION_RULES}, got {rule!r}")
+
+
+def attention_weighted(hidden: Tensor, weights: Tensor) -> Tensor:
+    """``[batch, pos, d], [batch, heads, query, key] -> [batch, d]``: positions weighted by the
+    last query's attention, averaged over heads (padding gets weight 0 from the mask)."""
+    w = weights[:, :, -1, :].float().mean(1)
+    return torch.einsum("bk,bkd->bd", w / w.sum(-1, keepdim=True), hidden.float())
+
+
+@contextmanager
+def eager_attention(model):
+    """Run ``model`` with the eager attention kernel (which returns its weights) inside the block."""
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
 
 
 def run_batch(model, batch: TokenBatch, **kwargs):
@@ -65,7 +90,8 @@ def capture(
     Args:
         token_rows: token ids per text (``eas.core.tokens.encode``).
         layers: 0-based block indices (``eas.core.sites`` says what each site means).
-        positions: position rules to reduce to (``last``, ``mid``, ``mean``).
+        positions: position rules to reduce to (``last``, ``mid``, ``mean``, ``attention``:
+            module docstring).
         progress: called with the number of texts done after each batch.
 
     Returns:
@@ -75,17 +101,41 @@ def capture(
     layers = list(layers)
     for layer in layers:
         sites.check_layer(layer)
+    for rule in positions:
+        if rule not in POSITION_RULES:
+            raise ValueError(f"position rule must be one of {POSITION_RULES}, got {rule!r}")
+    if "attention" in positions and len(positions) > 1:  # its own eager pass (module docstring)
+        rest = capture(model, sites, token_rows, layers, site, [p for p in positions if p != "attention"],
+                       batch_size, pad, progress)
+        return {**rest, **capture(model, sites, token_rows, layers, site, ["attention"], batch_size, pad)}
+    if "attention" in positions:
+        with eager_attention(model):
+            return _capture(model, sites, token_rows, layers, site, positions, batch_size, pad, progress)
+    return _capture(model, sites, token_rows, layers, site, positions, batch_size, pad, progress)
+
+
+def _capture(model, sites, token_rows, layers, site, positions, batch_size, pad, progress) -> dict[str, Tensor]:
     device = next(model.parameters()).device
     pad = pad if pad is not None else 0
     n = len(token_rows)
     out: dict[str, Tensor] | None = None
     top = max(layers)
+    attention = "attention" in positions
     for batch in batches(token_rows, batch_size, pad, device):
         seen: dict[int, Tensor] = {}
+        weights: dict[int, Tensor] = {}
 
         def record(layer, seen=seen):
             def fn(hidden):
                 seen[layer] = hidden
+            return fn
+
+        def keep_weights(layer, weights=weights):
+            def fn(module, args, output):
+                w = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+                if w is None:
+                    raise ValueError(f"position rule 'attention': block {layer}'s attention returned no weights")
+                weights[layer] = w
             return fn
 
         def stop(hidden):
@@ -94,14 +144,19 @@ def capture(
         with ExitStack() as stack:
             for layer in set(layers):
                 stack.enter_context(hook(sites, layer, site, record(layer)))
-            stack.enter_context(hook(sites, top, site, stop))  # runs after the record hook on that module
+                if attention:
+                    handle = sites.module(layer, "self_attn").register_forward_hook(keep_weights(layer))
+                    stack.callback(handle.remove)
+            # after the record hook on that module; with weights, after the top block's attention too
+            stack.enter_context(hook(sites, top, "residual" if attention else site, stop))
             try:
                 run_batch(model, batch)
             except _Stop:
                 pass
         for rule in positions:
             reduced = torch.stack(
-                [reduce_positions(seen[layer], batch.attention_mask, rule).float() for layer in layers]
+                [attention_weighted(seen[layer], weights[layer]) if rule == "attention" else
+                 reduce_positions(seen[layer], batch.attention_mask, rule).float() for layer in layers]
             )
             if out is None:  # kept on the model's device until the end: no sync per batch
                 out = {r: torch.empty(len(layers), n, reduced.shape[-1], device=device) for r in positions}

@@ -189,3 +189,36 @@ def test_vectors():
     r = vectors.random_direction(32, float(md.norm()), seed=3)
     torch.testing.assert_close(r, vectors.random_direction(32, float(md.norm()), seed=3))
     assert abs(float(r.norm() - md.norm())) < 1e-4
+
+
+def _attention_reference(model, sites, row, layer):
+    """Attention pooling by hand: HF's own attention weights (output_attentions, eager) times
+    the block's output hidden states."""
+    from eas.core.capture import eager_attention
+
+    ids = torch.tensor([row])
+    with eager_attention(model), torch.no_grad():
+        out = model(input_ids=ids, output_attentions=True, output_hidden_states=True)
+    w = out.attentions[layer][0, :, -1, :].mean(0)
+    return (w[:, None] * out.hidden_states[layer + 1][0]).sum(0)
+
+
+def test_attention_pooling_weights_positions_by_the_last_tokens_attention(tiny, tokenizer):
+    arch, model, sites = tiny
+    r = tokens.encode(tokenizer, ["the cat sat on the mat", "a dog", "one two three four five"])
+    before = model.config._attn_implementation
+    got = capture.capture(model, sites, r, [1, 2], "residual", ("last", "attention", "mean"), batch_size=2)
+    assert model.config._attn_implementation == before  # eager only for the attention pass
+    plain = capture.capture(model, sites, r, [1, 2], "residual", ("last", "mean"), batch_size=2)
+    for rule in ("last", "mean"):  # the other rules do not change when attention is also asked for
+        assert torch.equal(got[rule], plain[rule])
+    for i, row in enumerate(r):
+        for j, layer in enumerate((1, 2)):
+            ref = _attention_reference(model, sites, row, layer)  # layers below the top: no final norm
+            torch.testing.assert_close(got["attention"][j, i], ref, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got["attention"], got["mean"])  # weights are not uniform
+    # an input site of the top layer still gets that block's weights (the pass stops after them)
+    pre = capture.capture(model, sites, r, [2], "residual_pre", ("attention",), batch_size=3)
+    assert torch.isfinite(pre["attention"]).all()
+    with pytest.raises(ValueError, match="position rule"):
+        capture.capture(model, sites, r, [1], "residual", ("first",))

@@ -160,3 +160,14 @@ def test_eas_report_merges_probe_runs_with_statistics_across_seeds(tmp_path, cap
     (tmp_path / "empty").mkdir()
     assert cli.main([str(tmp_path / "empty")]) == 2
     assert "probe_results.parquet" in capsys.readouterr().err
+
+
+def test_attention_weighted_pooling_is_a_probe_pooling_of_its_own(tmp_path):
+    cfg = _cfg("benchmark=eas_sycophancy", "experiment.pooling=[last,attention]")
+    s = probe_job.run(cfg, tmp_path / "run")
+    df = pd.read_parquet(tmp_path / "run" / "probe_results.parquet")
+    assert set(df["pooling"]) == {"last", "attention"}
+    a, last = (df[(df["pooling"] == p) & (df["probe"] == "logreg")].set_index("layer")["auroc"]
+               for p in ("attention", "last"))
+    assert a.between(0, 1).all() and not a.equals(last)  # its own activations, its own probes
+    assert s["best"]["pooling"] in ("last", "attention")
