@@ -39,7 +39,7 @@ from eas.core import stats
 from eas.report.setups import SETUP, with_setup
 from eas.report.tables import load_results_files, read_results_file, select_best, to_markdown
 
-SEED_BY: tuple[str, ...] = ("model", "benchmark", "method", "steer_target", SETUP)
+SEED_BY: tuple[str, ...] = ("model", "benchmark", "method", "steer_target", "position", SETUP)
 """Groups aggregated over seeds (one row each)."""
 
 PROBE_BY: tuple[str, ...] = ("model", "benchmark", "target", "steer_target", "pooling", "layer", "probe", SETUP)

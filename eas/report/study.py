@@ -43,7 +43,7 @@ from eas.report.tables import RESULTS_FILE, SUMMARY_FILE, NoResultsError, cross_
 
 ICL_FILE = "icl.parquet"
 SIDE_EFFECTS_FILE = "side_effects.parquet"
-FAMILY: tuple[str, ...] = ("model", "method", "steer_target")
+FAMILY: tuple[str, ...] = ("model", "method", "steer_target", "position")
 """The benchmarks of one family are Holm-adjusted together in ``cross_benchmark``."""
 SPLIT_FIELDS: tuple[str, ...] = ("n_train_proportion", "n_val_proportion", "n_test_proportion", "max_sample_size",
                                  "split_rule")

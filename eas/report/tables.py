@@ -31,7 +31,7 @@ import pandas as pd
 from eas.core.select import reference_key, selection_key
 from eas.report.setups import SETUP, setup_columns, tag_setups, with_setup
 
-DEFAULT_BY: tuple[str, ...] = ("model", "benchmark", "method", "steer_target", "seed", SETUP)
+DEFAULT_BY: tuple[str, ...] = ("model", "benchmark", "method", "steer_target", "position", "seed", SETUP)
 """Groups within which one cell is selected (``setup``: see ``eas.report.setups``)."""
 
 CELL_KEYS: tuple[str, ...] = ("method", "steer_target", "position", "layer", "strength")
