@@ -104,14 +104,13 @@ def capture(
     for rule in positions:
         if rule not in POSITION_RULES:
             raise ValueError(f"position rule must be one of {POSITION_RULES}, got {rule!r}")
-    if "attention" in positions and len(positions) > 1:  # its own eager pass (module docstring)
-        rest = capture(model, sites, token_rows, layers, site, [p for p in positions if p != "attention"],
-                       batch_size, pad, progress)
-        return {**rest, **capture(model, sites, token_rows, layers, site, ["attention"], batch_size, pad)}
-    if "attention" in positions:
+    plain = [p for p in positions if p != "attention"]
+    out = _capture(model, sites, token_rows, layers, site, plain, batch_size, pad, progress) if plain else {}
+    if "attention" in positions:  # its own eager pass (module docstring); progress counts one pass
         with eager_attention(model):
-            return _capture(model, sites, token_rows, layers, site, positions, batch_size, pad, progress)
-    return _capture(model, sites, token_rows, layers, site, positions, batch_size, pad, progress)
+            out.update(_capture(model, sites, token_rows, layers, site, ["attention"], batch_size, pad,
+                                None if plain else progress))
+    return out
 
 
 def _capture(model, sites, token_rows, layers, site, positions, batch_size, pad, progress) -> dict[str, Tensor]:
